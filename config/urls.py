@@ -1,0 +1,40 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.orgs import views as org_views
+from apps.orgs import web as org_web
+
+handler404 = "apps.orgs.errors.json_404"
+handler500 = "apps.orgs.errors.json_500"
+
+v1 = [
+    path("orgs/<slug:slug>/members", org_views.MembersView.as_view(), name="members"),
+    path(
+        "orgs/<slug:slug>/members/<str:username>",
+        org_views.MemberDetailView.as_view(),
+        name="member-detail",
+    ),
+    path("tokens", org_views.TokensView.as_view(), name="tokens"),
+    path("tokens/<uuid:token_id>", org_views.TokenDetailView.as_view(), name="token-detail"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
+]
+
+internal = [
+    path("whoami", org_views.WorkerIdentityView.as_view(), name="internal-whoami"),
+]
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/orgs/", permanent=False)),
+    path("healthz", org_views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("orgs/", org_web.org_list, name="org-list"),
+    path("o/<slug:slug>/", org_web.org_overview, name="org-overview"),
+    path("v1/", include(v1)),
+    path("internal/", include(internal)),
+]
