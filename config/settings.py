@@ -159,6 +159,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 # Embedded: serve straight from the apps' static folders, so no collectstatic step is needed.
 WHITENOISE_USE_FINDERS = not PRODUCTION
 STORAGES = {

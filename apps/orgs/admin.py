@@ -34,16 +34,35 @@ def _members_choice(request: HttpRequest) -> QuerySet[User]:
     return User.objects.filter(memberships__org__in=managed).distinct()
 
 
+class MembershipInlineForm(forms.ModelForm):  # type: ignore[type-arg]
+    """Members are added by username, like the API, so no list of every user is shown."""
+
+    username = forms.CharField(max_length=150)
+
+    class Meta:
+        model = Membership
+        fields = ("role",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["username"].initial = self.instance.user.username
+            self.fields["username"].disabled = True
+
+    def clean_username(self) -> str:
+        username: str = self.cleaned_data["username"]
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            raise forms.ValidationError(f"No user named {username!r}.")
+        self.instance.user = user
+        return username
+
+
 class MembershipInline(OrgScopedInline):
     model = Membership
-    fields = ("user", "role", "created_at")
+    form = MembershipInlineForm
+    fields = ("username", "role", "created_at")
     readonly_fields = ("created_at",)
-    autocomplete_fields = ()
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "user":
-            kwargs["queryset"] = _members_choice(request)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 class CredentialInline(OrgScopedInline):
@@ -88,24 +107,28 @@ class OrgAdmin(OrgScopedAdmin):
             return
         # Memberships change through the services, which keep the role's permissions in step.
         org: Org = form.instance
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for member_form in formset.forms:
-            if not member_form.has_changed() and member_form not in formset.deleted_forms:
+            deleted = member_form in formset.deleted_forms
+            if not member_form.has_changed() and not deleted:
                 continue
             membership: Membership = member_form.instance
-            user = member_form.cleaned_data.get("user") or membership.user
-            role = member_form.cleaned_data.get("role") or membership.role
+            username, role = membership.user.username, member_form.cleaned_data.get("role")
             try:
-                if member_form in formset.deleted_forms:
+                if deleted:
                     if membership.pk:
-                        services.membership_remove(
-                            org=org, username=user.username, actor=request.user
-                        )
+                        services.membership_remove(org=org, username=username, actor=request.user)
+                        formset.deleted_objects.append(membership)
                 elif membership.pk is None:
-                    services.membership_add(org=org, user=user, role=role, actor=request.user)
+                    membership = services.membership_add(
+                        org=org, user=membership.user, role=role, actor=request.user
+                    )
+                    formset.new_objects.append(membership)
                 else:
                     services.membership_change_role(
-                        org=org, username=user.username, role=role, actor=request.user
+                        org=org, username=username, role=role, actor=request.user
                     )
+                    formset.changed_objects.append((membership, ["role"]))
             except SluiceError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
 

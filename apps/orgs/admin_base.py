@@ -39,6 +39,19 @@ class OrgScopedAdminMixin:
         queryset = super().get_queryset(request)  # type: ignore[misc]
         return queryset.for_user(request.user, self.view_perm)  # type: ignore[no-any-return]
 
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        """Relation filters offer only values present in the scoped rows, never other orgs'."""
+        filters = super().get_list_filter(request)  # type: ignore[misc]
+        model = self.model  # type: ignore[attr-defined]
+        scoped: list[Any] = []
+        for item in filters:
+            if isinstance(item, str) and "__" not in item:
+                field = model._meta.get_field(item)
+                if field.is_relation:
+                    item = (item, admin.RelatedOnlyFieldListFilter)
+            scoped.append(item)
+        return scoped
+
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self._may(request, self.view_perm)
 

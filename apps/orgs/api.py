@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import pagination
+from drf_spectacular.utils import inline_serializer
+from rest_framework import pagination, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -71,3 +72,15 @@ def org_from_slug(request: Request, slug: str, perm: str = "view_org") -> Org:
     if org is None or (isinstance(request.auth, ApiToken) and request.auth.org_id != org.pk):
         raise NotFound(f"No org {slug!r}.")
     return _require(request, org, perm)
+
+
+def paginated(serializer: type[serializers.Serializer]) -> serializers.Serializer:
+    """The OpenAPI shape of a cursor-paginated list of `serializer`."""
+    name = serializer.__name__.removesuffix("Output")
+    return inline_serializer(
+        name=f"Paginated{name}List",
+        fields={
+            "results": serializer(many=True),
+            "next": serializers.URLField(allow_null=True),
+        },
+    )

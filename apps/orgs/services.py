@@ -156,7 +156,9 @@ def service_account_create(*, org: Org, name: str, role: str, actor: User | None
     """A non-human user that belongs to `org` alone and acts through API tokens."""
     if not SERVICE_ACCOUNT_NAME.fullmatch(name):
         raise ValidationFailed.field(
-            "name", "1-40 characters: a lowercase letter, then lowercase letters, digits, - or _"
+            "username",
+            "a service account name is 1-40 characters: a lowercase letter, then lowercase "
+            "letters, digits, - or _",
         )
     username = f"{name}@{org.slug}"
     with transaction.atomic():

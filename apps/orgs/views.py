@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from apps.orgs import services
 from apps.orgs.access import has_org_perm
-from apps.orgs.api import CursorPagination, org_from_slug, request_org
+from apps.orgs.api import CursorPagination, org_from_slug, paginated, request_org
 from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.orgs.models import ApiToken, Membership, Org, User
@@ -45,7 +45,7 @@ def _paginate(view: APIView, request: Request, queryset: QuerySet, serializer: t
 
 
 class MembersView(APIView):
-    @extend_schema(responses=MemberOutput(many=True), operation_id="members_list")
+    @extend_schema(responses=paginated(MemberOutput), operation_id="members_list")
     def get(self, request: Request, slug: str) -> Response:
         org = org_from_slug(request, slug)
         memberships = Membership.objects.for_org(org).select_related("user")
@@ -105,7 +105,7 @@ def _visible_tokens(request: Request, org: Org) -> QuerySet[ApiToken]:
 
 
 class TokensView(APIView):
-    @extend_schema(responses=TokenOutput(many=True), operation_id="tokens_list")
+    @extend_schema(responses=paginated(TokenOutput), operation_id="tokens_list")
     def get(self, request: Request) -> Response:
         org = request_org(request)
         return _paginate(self, request, _visible_tokens(request, org), TokenOutput)
