@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.dags import views as dag_views
 from apps.orgs import views as org_views
 from apps.orgs import web as org_web
 
@@ -17,8 +18,10 @@ v1 = [
         org_views.MemberDetailView.as_view(),
         name="member-detail",
     ),
+    path("", include("apps.dags.urls")),
     path("tokens", org_views.TokensView.as_view(), name="tokens"),
     path("tokens/<uuid:token_id>", org_views.TokenDetailView.as_view(), name="token-detail"),
+    path("schema/dag.json", dag_views.dag_schema_view, name="dag-schema"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
 ]

@@ -75,8 +75,12 @@ def test_org_inline_adds_member_through_service(world: World):
     services.membership_add(org=world.globex, user=newcomer, role="viewer", actor=None)
     client = _login("owner-acme")
     existing = list(Membership.objects.filter(org=world.acme).order_by("user__username"))
-    data: dict[str, str] = {"slug": "acme", "name": "Acme", "created_at_0": "2026-01-01",
-                            "created_at_1": "00:00:00"}
+    data: dict[str, str] = {
+        "slug": "acme",
+        "name": "Acme",
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+    }
     data.update(_inline_management("memberships", len(existing) + 1, len(existing)))
     for i, membership in enumerate(existing):
         data[f"memberships-{i}-id"] = str(membership.pk)

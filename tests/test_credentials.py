@@ -99,8 +99,10 @@ def test_expired_token_is_401(world: World):
 
 
 def test_expiry_in_the_past_is_refused(world: World):
-    response = world["owner"].client().post(
-        "/v1/tokens", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, format="json"
+    response = (
+        world["owner"]
+        .client()
+        .post("/v1/tokens", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, format="json")
     )
     assert response.status_code == 400
     assert response.json()["errors"][0]["path"] == "expires_at"

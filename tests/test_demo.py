@@ -44,8 +44,12 @@ def test_make_demo_serves_and_stops(tmp_path: Path):
     env.update({"PORT": str(port), "SLUICE_DATA_DIR": str(tmp_path)})
     log = (tmp_path / "demo.log").open("w+")
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        ["make", "--no-print-directory", "demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -26,16 +26,20 @@ def test_method_not_allowed_is_json(world: World):
 def test_body_over_cap_is_413_before_parsing(world: World, settings):
     settings.SLUICE_MAX_BODY_BYTES = 1024
     body = b'{"username": "' + b"x" * 2000 + b'", "role": "viewer"}'
-    response = world["owner"].client().post(
-        "/v1/orgs/acme/members", data=body, content_type="application/json"
+    response = (
+        world["owner"]
+        .client()
+        .post("/v1/orgs/acme/members", data=body, content_type="application/json")
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
 
 
 def test_unsupported_media_type_is_415(world: World):
-    response = world["owner"].client().post(
-        "/v1/tokens", data="name=x", content_type="application/x-www-form-urlencoded"
+    response = (
+        world["owner"]
+        .client()
+        .post("/v1/tokens", data="name=x", content_type="application/x-www-form-urlencoded")
     )
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_media_type"
@@ -58,7 +62,9 @@ def test_openapi_schema_documents_errors_and_auth(db: None):
     error_ref = post_members["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
     assert error_ref.endswith("/Error")
     assert set(schema["components"]["schemas"]["Error"]["properties"]) == {
-        "code", "detail", "errors",
+        "code",
+        "detail",
+        "errors",
     }
     assert "apiToken" in schema["components"]["securitySchemes"]
     listed = schema["paths"]["/v1/tokens"]["get"]["responses"]["200"]["content"]

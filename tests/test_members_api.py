@@ -14,11 +14,14 @@ pytestmark = pytest.mark.smoke
 def test_add_change_remove_member(world: World):
     UserFactory(username="carol")
     client = world["admin"].client()
-    created = client.post("/v1/orgs/acme/members", {"username": "carol", "role": "viewer"},
-                          format="json")
+    created = client.post(
+        "/v1/orgs/acme/members", {"username": "carol", "role": "viewer"}, format="json"
+    )
     assert created.status_code == 201
     assert created.json() == {
-        "username": "carol", "role": "viewer", "is_service_account": False,
+        "username": "carol",
+        "role": "viewer",
+        "is_service_account": False,
         "created_at": created.json()["created_at"],
     }
     changed = client.patch("/v1/orgs/acme/members/carol", {"role": "developer"}, format="json")
@@ -50,16 +53,20 @@ def test_bad_member_input_names_the_field(world: World, body: dict, path: str):
 
 
 def test_malformed_json_is_400(world: World):
-    response = world["owner"].client().post(
-        "/v1/orgs/acme/members", data=b"{not json", content_type="application/json"
+    response = (
+        world["owner"]
+        .client()
+        .post("/v1/orgs/acme/members", data=b"{not json", content_type="application/json")
     )
     assert response.status_code == 400
     assert response.json()["code"] == "parse_error"
 
 
 def test_duplicate_member_is_409(world: World):
-    response = world["owner"].client().post(
-        "/v1/orgs/acme/members", {"username": "viewer-acme", "role": "admin"}, format="json"
+    response = (
+        world["owner"]
+        .client()
+        .post("/v1/orgs/acme/members", {"username": "viewer-acme", "role": "admin"}, format="json")
     )
     assert response.status_code == 409
     assert response.json()["code"] == "already_member"
@@ -72,10 +79,18 @@ def test_last_owner_cannot_be_removed_or_demoted(world: World):
     assert demoted.json()["code"] == "last_owner"
     assert client.delete("/v1/orgs/acme/members/owner-acme").status_code == 409
     # With a second owner, the first may step down.
-    assert client.patch("/v1/orgs/acme/members/admin-acme", {"role": "owner"},
-                        format="json").status_code == 200
-    assert client.patch("/v1/orgs/acme/members/owner-acme", {"role": "admin"},
-                        format="json").status_code == 200
+    assert (
+        client.patch(
+            "/v1/orgs/acme/members/admin-acme", {"role": "owner"}, format="json"
+        ).status_code
+        == 200
+    )
+    assert (
+        client.patch(
+            "/v1/orgs/acme/members/owner-acme", {"role": "admin"}, format="json"
+        ).status_code
+        == 200
+    )
 
 
 def test_service_account_belongs_to_one_org(world: World):
@@ -96,8 +111,10 @@ def test_service_account_belongs_to_one_org(world: World):
         "/v1/orgs/globex/members", {"username": "ingest@acme", "role": "viewer"}, format="json"
     )
     assert other.status_code == 409
-    bad = client.post("/v1/orgs/acme/members",
-                      {"username": "Bad Name", "role": "viewer", "service_account": True},
-                      format="json")
+    bad = client.post(
+        "/v1/orgs/acme/members",
+        {"username": "Bad Name", "role": "viewer", "service_account": True},
+        format="json",
+    )
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["path"] == "username"

@@ -17,8 +17,13 @@ EXPECTED: dict[str, set[str]] = {
     "operator": {"view_org", "post_events", "operate_tasks", "pause_dags"},
     "developer": {"view_org", "post_events", "operate_tasks", "pause_dags", "deploy_dags"},
     "admin": {
-        "view_org", "post_events", "operate_tasks", "pause_dags", "deploy_dags",
-        "write_secrets", "manage_members",
+        "view_org",
+        "post_events",
+        "operate_tasks",
+        "pause_dags",
+        "deploy_dags",
+        "write_secrets",
+        "manage_members",
     },
     "owner": set(PERMISSIONS),
 }
@@ -57,8 +62,10 @@ def test_api_read_members_any_role(world: World, role: str):
 @pytest.mark.parametrize("role", ROLES)
 def test_api_add_member_needs_manage_members(world: World, role: str):
     newcomer = UserFactory(username="newcomer")
-    response = world[role].client().post(
-        "/v1/orgs/acme/members", {"username": "newcomer", "role": "viewer"}, format="json"
+    response = (
+        world[role]
+        .client()
+        .post("/v1/orgs/acme/members", {"username": "newcomer", "role": "viewer"}, format="json")
     )
     allowed = "manage_members" in EXPECTED[role]
     assert response.status_code == (201 if allowed else 403), response.json()
@@ -69,8 +76,10 @@ def test_api_add_member_needs_manage_members(world: World, role: str):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_api_grant_owner_needs_manage_owners(world: World, role: str):
-    response = world[role].client().patch(
-        "/v1/orgs/acme/members/viewer-acme", {"role": "owner"}, format="json"
+    response = (
+        world[role]
+        .client()
+        .patch("/v1/orgs/acme/members/viewer-acme", {"role": "owner"}, format="json")
     )
     allowed = "manage_owners" in EXPECTED[role]
     assert response.status_code == (200 if allowed else 403), response.json()
@@ -89,8 +98,10 @@ def test_api_remove_member_needs_manage_members(world: World, role: str):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_api_token_for_another_member_needs_manage_members(world: World, role: str):
-    response = world[role].client().post(
-        "/v1/tokens", {"name": "for-viewer", "username": "viewer-acme"}, format="json"
+    response = (
+        world[role]
+        .client()
+        .post("/v1/tokens", {"name": "for-viewer", "username": "viewer-acme"}, format="json")
     )
     allowed = "manage_members" in EXPECTED[role] or role == "viewer"
     assert response.status_code == (201 if allowed else 403), response.json()
@@ -114,9 +125,7 @@ def test_admin_follows_role(world: World, role: str):
     assert client.get("/admin/orgs/membership/add/").status_code == (200 if may_manage else 403)
     assert client.get("/admin/orgs/apitoken/add/").status_code == (200 if may_manage else 403)
     membership = Membership.objects.get(user__username="viewer-acme")
-    response = client.post(
-        f"/admin/orgs/membership/{membership.pk}/change/", {"role": "developer"}
-    )
+    response = client.post(f"/admin/orgs/membership/{membership.pk}/change/", {"role": "developer"})
     assert response.status_code == (302 if may_manage else 403)
     membership.refresh_from_db()
     assert membership.role == ("developer" if may_manage else "viewer")

@@ -18,7 +18,12 @@ def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SLUICE_"))}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

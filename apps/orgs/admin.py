@@ -199,17 +199,18 @@ class MembershipAdmin(RequestFormMixin, OrgScopedAdmin):
         ).pk
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
-        self.run_service(
-            request,
-            lambda: services.membership_remove(
-                org=obj.org, username=obj.user.username, actor=request.user
-            ),
-            f"Removed {obj.user.username} from {obj.org.slug}.",
-        )
+        self.delete_queryset(request, [obj])
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
-        for membership in queryset.select_related("org", "user"):
-            self.delete_model(request, membership)
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        self.act_on(
+            request,
+            queryset,
+            self.change_perm,
+            lambda m: services.membership_remove(
+                org=m.org, username=m.user.username, actor=request.user
+            ),
+            "Removed members",
+        )
 
 
 class CredentialAdmin(OrgScopedAdmin):
@@ -240,8 +241,7 @@ class CredentialAdmin(OrgScopedAdmin):
 
     @admin.action(description="Revoke the selected credentials")
     def revoke(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        revoked = sum(services.credential_revoke(credential) for credential in queryset)
-        self.message_user(request, f"Revoked {revoked} credential(s).", messages.SUCCESS)
+        self.act_on(request, queryset, self.change_perm, services.credential_revoke, "Revoked")
 
 
 class ApiTokenForm(ServiceCheckedForm):

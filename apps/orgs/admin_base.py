@@ -7,6 +7,7 @@ to orgs offer only those orgs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -74,15 +75,34 @@ class OrgScopedAdminMixin:
             kwargs["queryset"] = orgs_with_perm(request.user, self.change_perm)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
 
-    def run_service(self, request: HttpRequest, call: Any, success: str) -> bool:
-        """Run one service call for an admin action and report the outcome to the operator."""
-        try:
-            call()
-        except SluiceError as exc:
-            self.message_user(request, exc.detail, messages.ERROR)  # type: ignore[attr-defined]
-            return False
-        self.message_user(request, success, messages.SUCCESS)  # type: ignore[attr-defined]
-        return True
+    def act_on(
+        self,
+        request: HttpRequest,
+        queryset: Iterable[Any],
+        perm: str,
+        call: Callable[[Any], object],
+        done: str,
+    ) -> None:
+        """An admin action: call one service per row the user may act on, then report."""
+        succeeded, refused = 0, 0
+        for obj in queryset:
+            if not self._may(request, perm, obj):
+                refused += 1
+                continue
+            try:
+                call(obj)
+            except SluiceError as exc:
+                self.message_user(request, f"{obj}: {exc.detail}", messages.ERROR)  # type: ignore[attr-defined]
+            else:
+                succeeded += 1
+        if succeeded:
+            self.message_user(request, f"{done}: {succeeded}.", messages.SUCCESS)  # type: ignore[attr-defined]
+        if refused:
+            self.message_user(  # type: ignore[attr-defined]
+                request,
+                f"{refused} row(s) skipped: your role does not allow this.",
+                messages.WARNING,
+            )
 
 
 class OrgScopedAdmin(OrgScopedAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]

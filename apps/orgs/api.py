@@ -74,6 +74,17 @@ def org_from_slug(request: Request, slug: str, perm: str = "view_org") -> Org:
     return _require(request, org, perm)
 
 
+def paginate(
+    view: Any, request: Request, queryset: Any, serializer: type, ordering: str | None = None
+) -> Response:
+    """One cursor page of `queryset`, serialized, in the list shape of §6."""
+    paginator = CursorPagination()
+    if ordering:
+        paginator.ordering = ordering
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
 def paginated(serializer: type[serializers.Serializer]) -> serializers.Serializer:
     """The OpenAPI shape of a cursor-paginated list of `serializer`."""
     name = serializer.__name__.removesuffix("Output")

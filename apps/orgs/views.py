@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from apps.orgs import services
 from apps.orgs.access import has_org_perm
-from apps.orgs.api import CursorPagination, org_from_slug, paginated, request_org
+from apps.orgs.api import org_from_slug, paginate, paginated, request_org
 from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.orgs.models import ApiToken, Membership, Org, User
@@ -38,18 +38,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": "ok"})
 
 
-def _paginate(view: APIView, request: Request, queryset: QuerySet, serializer: type) -> Response:
-    paginator = CursorPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 class MembersView(APIView):
     @extend_schema(responses=paginated(MemberOutput), operation_id="members_list")
     def get(self, request: Request, slug: str) -> Response:
         org = org_from_slug(request, slug)
         memberships = Membership.objects.for_org(org).select_related("user")
-        return _paginate(self, request, memberships, MemberOutput)
+        return paginate(self, request, memberships, MemberOutput)
 
     @extend_schema(request=MemberCreateInput, responses={201: MemberOutput})
     def post(self, request: Request, slug: str) -> Response:
@@ -108,7 +102,7 @@ class TokensView(APIView):
     @extend_schema(responses=paginated(TokenOutput), operation_id="tokens_list")
     def get(self, request: Request) -> Response:
         org = request_org(request)
-        return _paginate(self, request, _visible_tokens(request, org), TokenOutput)
+        return paginate(self, request, _visible_tokens(request, org), TokenOutput)
 
     @extend_schema(request=TokenCreateInput, responses={201: TokenCreatedOutput})
     def post(self, request: Request) -> Response:

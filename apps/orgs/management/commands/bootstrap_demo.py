@@ -38,9 +38,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         slug = options["org"]
         with transaction.atomic():
-            _, admin_password = _ensure_user(
-                "admin", superuser=True, password=options["password"]
-            )
+            _, admin_password = _ensure_user("admin", superuser=True, password=options["password"])
             owner, owner_password = _ensure_user(
                 "demo", superuser=False, password=options["password"]
             )

@@ -1,0 +1,47 @@
+"""Deploy a DAG config file (YAML or JSON) into an org; prints the problems or the diff."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.dags import services
+from apps.orgs.errors import SluiceError
+from apps.orgs.models import Org
+
+
+class Command(BaseCommand):
+    help = "Validate and deploy a DAG config file. Exit code 1 when it is invalid."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("file", type=Path)
+        parser.add_argument("--org", required=True)
+        parser.add_argument("--dry-run", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        org = Org.objects.filter(slug=options["org"]).first()
+        if org is None:
+            raise CommandError(f"no org {options['org']!r}")
+        path: Path = options["file"]
+        try:
+            text = path.read_text()
+            config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise CommandError(f"cannot read {path}: {exc}") from exc
+        try:
+            result = services.dag_deploy(
+                org=org, config=config, actor=None, dry_run=options["dry_run"]
+            )
+        except SluiceError as exc:
+            for error in exc.errors:
+                self.stderr.write(f"{error.path}: {error.message}" if error.path else error.message)
+            raise CommandError(f"{path} was not deployed ({exc.code})") from exc
+        verb = "would deploy" if result.dry_run else ("deployed" if result.created else "unchanged")
+        self.stdout.write(f"{result.dag} v{result.version} {verb} ({result.state})")
+        for key, nodes in result.diff.items():
+            if nodes:
+                self.stdout.write(f"  {key}: {', '.join(nodes)}")

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from apps.orgs.models import Org, OrgScopedQuerySet
+
+
+class VersionState(models.TextChoices):
+    VALIDATED = "validated", "Validated"
+    BUILDING = "building", "Building"
+    ACTIVE = "active", "Active"
+    FAILED = "failed", "Failed"
+    ABANDONED = "abandoned", "Abandoned"
+    SUPERSEDED = "superseded", "Superseded"
+    RETIRED = "retired", "Retired"
+
+
+# Versions that may still become (or are) active, and the ones that never will again.
+LIVE_VERSION_STATES = frozenset({VersionState.BUILDING, VersionState.ACTIVE})
+FINAL_VERSION_STATES = frozenset(
+    {VersionState.FAILED, VersionState.ABANDONED, VersionState.RETIRED}
+)
+
+
+class Lane(models.TextChoices):
+    LIVE = "live", "Live"
+    BACKFILL = "backfill", "Backfill"
+
+
+class Dag(models.Model):
+    org_path: ClassVar[str] = "org"
+
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="dags")
+    name = models.CharField(max_length=63)
+    active_version = models.OneToOneField(
+        "DagVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    paused = models.BooleanField(default=False, help_text="Pauses dispatch of every node.")
+    # [{"node": id | None, "lane": "live" | "backfill" | None}, ...]: narrower pauses.
+    pauses = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dags"
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="dag_name_per_org")]
+        ordering = ["org", "name"]
+        verbose_name = "DAG"
+
+    def __str__(self) -> str:
+        return f"{self.org.slug}/{self.name}" if self.org_id else self.name
+
+    def is_paused(self, node_id: str | None = None, lane: str | None = None) -> bool:
+        if self.paused:
+            return True
+        for pause in self.pauses:
+            if pause.get("node") in (None, node_id) and pause.get("lane") in (None, lane):
+                return True
+        return False
+
+
+class DagVersion(models.Model):
+    """Immutable once stored: the config and hashes never change, only the state does."""
+
+    org_path: ClassVar[str] = "dag__org"
+
+    dag = models.ForeignKey(Dag, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    config = models.JSONField()
+    config_hash = models.CharField(max_length=64)
+    state = models.CharField(
+        max_length=16, choices=VersionState.choices, default=VersionState.VALIDATED
+    )
+    diff = models.JSONField(default=dict, help_text="Against the version active at deploy.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dag_versions"
+        constraints = [
+            models.UniqueConstraint(fields=["dag", "number"], name="dag_version_number"),
+            # At most one active version per DAG, whatever the code does.
+            models.UniqueConstraint(
+                fields=["dag"],
+                condition=models.Q(state="active"),
+                name="dag_one_active_version",
+            ),
+        ]
+        ordering = ["dag", "-number"]
+        verbose_name = "DAG version"
+
+    def __str__(self) -> str:
+        return f"{self.dag.name} v{self.number} ({self.state})"
+
+    def node_map(self) -> dict[str, dict[str, Any]]:
+        return {node["id"]: node for node in self.config["nodes"]}
+
+
+class DagNode(models.Model):
+    """One node of one version, with the hashes that drive rebuilds and memoization."""
+
+    org_path: ClassVar[str] = "version__dag__org"
+
+    version = models.ForeignKey(DagVersion, on_delete=models.CASCADE, related_name="nodes")
+    node_id = models.CharField(max_length=63)
+    kind = models.CharField(max_length=16)
+    runtime = models.CharField(max_length=16, blank=True)
+    config = models.JSONField()
+    own_hash = models.CharField(max_length=64)
+    node_hash = models.CharField(max_length=64)
+    inputs = models.JSONField(default=list, help_text="Node ids of this DAG it reads.")
+    external_inputs = models.JSONField(default=list, help_text="Dataset ids of other DAGs.")
+    output_dataset = models.CharField(max_length=128, blank=True)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dag_nodes"
+        constraints = [
+            models.UniqueConstraint(fields=["version", "node_id"], name="dag_node_per_version"),
+        ]
+        ordering = ["version", "id"]
+
+    def __str__(self) -> str:
+        return self.node_id

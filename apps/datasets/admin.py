@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.datasets.models import Dataset
+from apps.orgs.admin_base import OrgScopedAdmin
+
+
+@admin.register(Dataset)
+class DatasetAdmin(OrgScopedAdmin):
+    """The registry: written by deploys, read here. Physical names are never edited by hand."""
+
+    change_perm = "deploy_dags"
+    list_display = (
+        "dataset_id",
+        "org",
+        "producer_dag",
+        "producer_node",
+        "backend",
+        "live_generation",
+        "range_type",
+        "update_strategy",
+        "updated_at",
+    )
+    list_filter = ("org", "backend", "range_type", "update_strategy")
+    search_fields = ("dataset_id", "producer_dag")
+    list_select_related = ("org",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in Dataset._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.db import models
+from django.utils import timezone
+
+from apps.orgs.models import Org, OrgScopedQuerySet
+
+
+class Dataset(models.Model):
+    """The per-org registry row of a dataset (DESIGN.md D2), written at deploy.
+
+    The producer is recorded as plain identifiers (dag name, node id): `datasets` sits above
+    `dags` in the layering, and a dataset outlives the DAG that produced it.
+    """
+
+    org_path: ClassVar[str] = "org"
+
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="datasets")
+    dataset_id = models.CharField(max_length=128)
+    backend = models.CharField(max_length=16, default="parquet")
+    schema = models.JSONField(default=dict, blank=True, help_text="{column: Arrow type}")
+    schema_declared = models.BooleanField(default=False)
+    range_type = models.CharField(max_length=16, default="timestamp")
+    # Empty when no DAG produces the dataset (any more): its data stays, unclaimed.
+    producer_dag = models.CharField(max_length=63, blank=True, default="")
+    producer_node = models.CharField(max_length=63, blank=True, default="")
+    live_generation = models.PositiveIntegerField(default=1)
+    update_strategy = models.CharField(max_length=16, default="append")
+    unique_key = models.JSONField(default=list, blank=True)
+    retention = models.JSONField(default=dict, blank=True)
+    # Physical names, recorded here and never derived at read time (D2).
+    storage_prefix = models.CharField(max_length=512)
+    pg_schema = models.CharField(max_length=63)
+    pg_table_prefix = models.CharField(max_length=40)
+    pg_view = models.CharField(max_length=63)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "datasets"
+        constraints = [
+            models.UniqueConstraint(fields=["org", "dataset_id"], name="dataset_id_per_org"),
+        ]
+        indexes = [models.Index(fields=["org", "producer_dag"], name="dataset_producer_idx")]
+        ordering = ["org", "dataset_id"]
+
+    def __str__(self) -> str:
+        return self.dataset_id
+
+    @property
+    def producer(self) -> dict[str, str] | None:
+        if not self.producer_dag:
+            return None
+        return {"dag": self.producer_dag, "node": self.producer_node}
+
+    def pg_table(self, generation: int) -> str:
+        return f"{self.pg_table_prefix}_g{generation}"
