@@ -7,9 +7,11 @@ from django.contrib import admin
 from django.test import Client
 from rest_framework.test import APIClient
 
+from apps.dags import services as dag_services
 from apps.orgs import services
 from apps.orgs.models import ApiToken, Membership, WorkerKey
 from tests.conftest import World
+from tests.dag_configs import pipeline
 from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.smoke
@@ -63,7 +65,7 @@ def test_session_user_picks_org_by_header(world: World):
 
 
 ADMIN_CHANGELISTS = [
-    model for model in admin.site._registry if model._meta.app_label.startswith(("orgs",))
+    model for model in admin.site._registry if model.__module__.startswith("apps.")
 ]
 
 
@@ -71,6 +73,8 @@ ADMIN_CHANGELISTS = [
 def test_admin_changelists_show_no_rows_of_another_org(world: World, model):
     services.worker_key_issue(org=world.globex, name="globex-key")
     services.worker_key_issue(org=world.acme, name="acme-key")
+    dag_services.dag_deploy(org=world.globex, config=pipeline(prefix="globex"), actor=None)
+    dag_services.dag_deploy(org=world.acme, config=pipeline(name="mine"), actor=None)
     client = Client()
     assert client.login(username="owner-acme", password=PASSWORD)
     url = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"

@@ -363,8 +363,8 @@ class _Checker:
                     key = frozenset(cycle)
                     if key not in reported:
                         reported.add(key)
-                        # Edges point downstream: each node reads the one before it.
-                        loop = " -> ".join([*reversed(cycle), cycle[-1]])
+                        # The trail follows inputs upstream; print it the way data flows.
+                        loop = " -> ".join([cycle[0], *reversed(cycle[1:]), cycle[0]])
                         self.error(f"nodes[{self.index[upstream]}].inputs", f"cycle: {loop}")
                 elif colour.get(upstream) == white:
                     visit(upstream, trail)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import get_fields_from_path
 from django.db.models import ForeignKey, QuerySet
 from django.forms import ModelChoiceField
 from django.http import HttpRequest
@@ -46,10 +47,8 @@ class OrgScopedAdminMixin:
         model = self.model  # type: ignore[attr-defined]
         scoped: list[Any] = []
         for item in filters:
-            if isinstance(item, str) and "__" not in item:
-                field = model._meta.get_field(item)
-                if field.is_relation:
-                    item = (item, admin.RelatedOnlyFieldListFilter)
+            if isinstance(item, str) and get_fields_from_path(model, item)[-1].is_relation:
+                item = (item, admin.RelatedOnlyFieldListFilter)
             scoped.append(item)
         return scoped
 
