@@ -217,6 +217,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "LaneEnum": "apps.dags.models.Lane",
+        "TaskStateEnum": "apps.tasks.models.TaskState",
+        "VersionStateEnum": "apps.dags.models.VersionState",
+        "RoleEnum": "apps.orgs.roles.Role",
+    },
 }
 
 # --- Platform ---------------------------------------------------------------------------------
@@ -257,3 +263,18 @@ LOGGING = {
 TESTING = "pytest" in sys.modules
 if TESTING:
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# --- Dispatch and leases (DESIGN.md D7, D11) --------------------------------------------------
+SLUICE_LEASE_TTL_S: float = env.float("SLUICE_LEASE_TTL_S", default=30.0)
+SLUICE_QUEUED_TIMEOUT_S: float = env.float("SLUICE_QUEUED_TIMEOUT_S", default=300.0)
+# After a commit that creates runnable tasks: "inline" (dispatch in the same process, lowest
+# latency), "celery" (a dispatch_tick task) or "off" (beat ticks only).
+SLUICE_DISPATCH_TRIGGER: str = env.str("SLUICE_DISPATCH_TRIGGER", default="inline")
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "dispatch": {"task": "apps.tasks.celery_tasks.dispatch_tick", "schedule": 1.0},
+        "reap": {"task": "apps.tasks.celery_tasks.reap_tick", "schedule": 2.0},
+        "fan-out": {"task": "apps.tasks.celery_tasks.fanout_tick", "schedule": 5.0},
+        "reconcile": {"task": "apps.tasks.celery_tasks.reconcile_tick", "schedule": 60.0},
+    }
+)

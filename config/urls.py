@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.dags import views as dag_views
 from apps.orgs import views as org_views
 from apps.orgs import web as org_web
+from apps.tasks import urls as task_urls
 
 handler404 = "apps.orgs.errors.json_404"
 handler500 = "apps.orgs.errors.json_500"
@@ -19,6 +20,7 @@ v1 = [
         name="member-detail",
     ),
     path("", include("apps.dags.urls")),
+    path("", include(task_urls.public)),
     path("tokens", org_views.TokensView.as_view(), name="tokens"),
     path("tokens/<uuid:token_id>", org_views.TokenDetailView.as_view(), name="token-detail"),
     path("schema/dag.json", dag_views.dag_schema_view, name="dag-schema"),
@@ -28,6 +30,7 @@ v1 = [
 
 internal = [
     path("whoami", org_views.WorkerIdentityView.as_view(), name="internal-whoami"),
+    path("", include(task_urls.internal)),
 ]
 
 urlpatterns = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -68,3 +68,43 @@ def superuser(db: None) -> User:
 @pytest.fixture
 def make_user(db: None) -> Callable[..., User]:
     return UserFactory
+
+
+class RecordingAdapter:
+    """Stands in for a queue: records what the Dispatcher sends, so a test can act as the
+    worker. (Our own database and HTTP layer stay real.)"""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.fail_next = 0
+
+    def __call__(self) -> RecordingAdapter:
+        return self
+
+    def send(self, node: dict, tasks: list) -> set:
+        if self.fail_next:
+            self.fail_next -= 1
+            return {t.task_id for t in tasks}
+        for task in tasks:
+            self.messages.append({"node": node["id"], **task.as_message()})
+        return set()
+
+    def take(self, node: str | None = None) -> list[dict]:
+        """Run the Dispatcher as a beat tick would (on_commit triggers do not fire inside a
+        test's transaction), then take what it sent."""
+        from apps.tasks.dispatch import dispatch_until_idle
+
+        dispatch_until_idle()
+        picked = [m for m in self.messages if node is None or m["node"] == node]
+        self.messages = [m for m in self.messages if m not in picked]
+        return picked
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingAdapter]:
+    from apps.tasks.runtimes import CeleryPoolAdapter, runtimes
+
+    adapter = RecordingAdapter()
+    runtimes.register("python", adapter)
+    yield adapter
+    runtimes.register("python", CeleryPoolAdapter)

@@ -33,7 +33,9 @@ def test_deploy_then_identical_is_200(world: World):
     assert body["dag"] == "orders" and body["version"] == 1 and body["state"] == "active"
     assert body["diff"] == {
         "added": ["orders_raw", "orders_clean", "hourly", "revenue", "revenue_drop"],
-        "removed": [], "changed": [], "rebuild": [],
+        "removed": [],
+        "changed": [],
+        "rebuild": [],
     }
     again = deploy(client, pipeline())
     assert again.status_code == 200
@@ -114,8 +116,7 @@ def test_rollback_default_is_previous_version(world: World):
     v2 = pipeline()
     v2["nodes"][1]["timeout_s"] = 10
     deploy(client, v2)
-    assert client.post("/v1/dags/orders/rollback", {}, format="json").json()[
-        "active_version"] == 1
+    assert client.post("/v1/dags/orders/rollback", {}, format="json").json()["active_version"] == 1
     nothing = client.post("/v1/dags/orders/rollback", {}, format="json")
     assert nothing.status_code == 409 and nothing.json()["code"] == "no_previous_version"
 
@@ -140,14 +141,16 @@ def test_pause_and_resume(world: World):
     client = world["operator"].client()
     deploy(world["developer"].client(), pipeline())
     assert client.post("/v1/dags/orders/pause", {}, format="json").json()["paused"] is True
-    body = client.post("/v1/dags/orders/pause", {"node": "orders_clean", "lane": "backfill"},
-                       format="json").json()
+    body = client.post(
+        "/v1/dags/orders/pause", {"node": "orders_clean", "lane": "backfill"}, format="json"
+    ).json()
     assert body["pauses"] == [{"node": "orders_clean", "lane": "backfill"}]
     client.post("/v1/dags/orders/resume", {}, format="json")
     dag = Dag.objects.get(name="orders")
     assert dag.is_paused("orders_clean", "backfill") and not dag.is_paused("orders_clean", "live")
-    client.post("/v1/dags/orders/resume", {"node": "orders_clean", "lane": "backfill"},
-                format="json")
+    client.post(
+        "/v1/dags/orders/resume", {"node": "orders_clean", "lane": "backfill"}, format="json"
+    )
     dag.refresh_from_db()
     assert not dag.is_paused("orders_clean", "backfill")
     bad = client.post("/v1/dags/orders/pause", {"node": "nope"}, format="json")
@@ -199,9 +202,13 @@ def test_deploy_and_pause_permissions(world: World, role: str):
 def test_other_orgs_dags_are_404(world: World):
     deploy(world.outsider.client(), pipeline())
     client = world["owner"].client()
-    for method, url in [("get", "/v1/dags/orders"), ("get", "/v1/dags/orders/versions"),
-                        ("post", "/v1/dags/orders/pause"), ("post", "/v1/dags/orders/rollback"),
-                        ("delete", "/v1/dags/orders")]:
+    for method, url in [
+        ("get", "/v1/dags/orders"),
+        ("get", "/v1/dags/orders/versions"),
+        ("post", "/v1/dags/orders/pause"),
+        ("post", "/v1/dags/orders/rollback"),
+        ("delete", "/v1/dags/orders"),
+    ]:
         assert getattr(client, method)(url, {}, format="json").status_code == 404, url
     assert client.get("/v1/dags").json()["results"] == []
 
@@ -248,6 +255,8 @@ def test_deploy_dag_command_exit_code(world: World, tmp_path):
     bad.write_text("name: x\nnodes: []\n")
     result = subprocess.run(
         [sys.executable, "manage.py", "deploy_dag", str(bad), "--org", "nosuch"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1

@@ -35,8 +35,13 @@ def test_design_example_validates(world: World):
     if connection.vendor == "sqlite":
         config["nodes"][1]["output"]["backend"] = "parquet"
     result = services.dag_deploy(org=world.acme, config=config, actor=None, dry_run=True)
-    assert result.diff["added"] == ["orders_raw", "orders_clean", "hourly", "revenue",
-                                    "revenue_drop"]
+    assert result.diff["added"] == [
+        "orders_raw",
+        "orders_clean",
+        "hourly",
+        "revenue",
+        "revenue_drop",
+    ]
 
 
 def test_orders_clean_handler():
@@ -47,10 +52,12 @@ def test_orders_clean_handler():
         from orders import clean_orders
     finally:
         sys.path.pop(0)
-    table = pa.table({
-        "order_id": ["a", "b", None, "a", "c"],
-        "amount": [10.004, -1.0, 5.0, 12.499, 7.0],
-    })
+    table = pa.table(
+        {
+            "order_id": ["a", "b", None, "a", "c"],
+            "amount": [10.004, -1.0, 5.0, 12.499, 7.0],
+        }
+    )
     cleaned = clean_orders(table)
     assert cleaned.to_pydict() == {"order_id": ["a", "c"], "amount": [12.5, 7.0]}
 

@@ -13,9 +13,14 @@ from tests.conftest import World
 pytestmark = pytest.mark.smoke
 
 LEGAL = {
-    ("validated", "active"), ("validated", "building"), ("building", "active"),
-    ("building", "failed"), ("building", "abandoned"), ("active", "superseded"),
-    ("active", "retired"), ("superseded", "active"),
+    ("validated", "active"),
+    ("validated", "building"),
+    ("building", "active"),
+    ("building", "failed"),
+    ("building", "abandoned"),
+    ("active", "superseded"),
+    ("active", "retired"),
+    ("superseded", "active"),
 }
 MOVES = {
     "active": lifecycle.version_activate,

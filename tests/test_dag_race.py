@@ -41,7 +41,5 @@ def test_concurrent_deploys_one_producer(attempt: int):
         thread.join(timeout=60)
     assert sorted(outcomes.values()) == ["deployed", "producer_conflict"], outcomes
     winner = next(name for name, outcome in outcomes.items() if outcome == "deployed")
-    assert set(
-        Dataset.objects.filter(org=org).values_list("producer_dag", flat=True)
-    ) == {winner}
+    assert set(Dataset.objects.filter(org=org).values_list("producer_dag", flat=True)) == {winner}
     assert connection.vendor == "postgresql"

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.dags import lifecycle
+from apps.dags import hooks, lifecycle
 from apps.dags.catalog import OutputClaim, catalog_registry
 from apps.dags.models import Dag, DagNode, DagVersion, Lane, VersionState
 from apps.dags.plan import Diff, NodePlan, canonical_json, diff_plans, plan_nodes, sha256
@@ -232,6 +232,7 @@ def _set_pause(dag: Dag, node: str | None, lane: str | None, paused: bool) -> Da
             locked.pauses = [*others, target] if paused else others
         locked.updated_at = timezone.now()
         locked.save(update_fields=["paused", "pauses", "updated_at"])
+        hooks.notify_pause_changed(locked)
     return locked
 
 

@@ -59,3 +59,67 @@ class Dataset(models.Model):
 
     def pg_table(self, generation: int) -> str:
         return f"{self.pg_table_prefix}_g{generation}"
+
+
+class Generation(models.Model):
+    """One physical materialization of a dataset, built by one DAG version (D2)."""
+
+    org_path: ClassVar[str] = "dataset__org"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="generations")
+    number = models.PositiveIntegerField()
+    dag_version_id = models.BigIntegerField(null=True, blank=True, help_text="Built by (plain id).")
+    last_seq = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dataset_generations"
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "number"], name="generation_number"),
+        ]
+        ordering = ["dataset", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.dataset.dataset_id} g{self.number}"
+
+
+class Commit(models.Model):
+    """One write into a generation, numbered `seq` 1, 2, 3…; may hold 0 rows (D7).
+
+    The producing task is recorded by plain identifiers: tasks live in a higher layer.
+    """
+
+    org_path: ClassVar[str] = "dataset__org"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="commits")
+    generation = models.PositiveIntegerField()
+    seq = models.PositiveBigIntegerField()
+    range_start = models.CharField(max_length=64, blank=True)
+    range_end = models.CharField(max_length=64, blank=True)
+    files = models.JSONField(default=list, blank=True)
+    rows = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    producer_dag = models.CharField(max_length=63, blank=True)
+    producer_node = models.CharField(max_length=63, blank=True)
+    producer_task_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dataset_commits"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dataset", "generation", "seq"], name="commit_seq_per_generation"
+            ),
+        ]
+        ordering = ["dataset", "generation", "seq"]
+
+    def __str__(self) -> str:
+        return f"{self.dataset.dataset_id}@{self.version}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.generation}.{self.seq}"

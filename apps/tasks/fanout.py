@@ -1,0 +1,139 @@
+"""Fan-out (D6): each event becomes exactly one task per consuming node, in every active DAG
+version of the org that consumes the event's dataset."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from apps.dags.models import Dag, DagVersion, VersionState
+from apps.tasks.lifecycle import bump_lane
+from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task
+from apps.tasks.runtimes import runtime_of, runtimes
+
+# Nodes that never run as tasks: sources have no inputs; virtual sql is inlined by queries.
+_DATA_PRODUCERS = {"source", "operator", "sql"}
+
+
+@dataclass(frozen=True)
+class Consumer:
+    version_id: int
+    node_id: str
+    node: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def _consumers_by_dataset(version_id: int) -> dict[str, tuple[Consumer, ...]]:
+    """dataset id -> consuming nodes of one version. Versions are immutable, so this caches."""
+    version = DagVersion.objects.get(pk=version_id)
+    nodes = version.node_map()
+    index: dict[str, list[Consumer]] = {}
+    for node in nodes.values():
+        if node["kind"] == "sql" and not node.get("materialize"):
+            continue
+        for ref in node.get("inputs", []):
+            if "." in ref:
+                dataset = ref
+            else:
+                upstream = nodes[ref]
+                if upstream["kind"] not in _DATA_PRODUCERS or "output" not in upstream:
+                    continue  # manifests of control nodes are routed by those nodes
+                dataset = upstream["output"]["dataset"]
+            index.setdefault(dataset, []).append(Consumer(version_id, node["id"], node))
+    return {dataset: tuple(consumers) for dataset, consumers in index.items()}
+
+
+def _lane(event: Event, version_state: str) -> str:
+    if event.mode == Mode.BACKFILL or version_state == VersionState.BUILDING:
+        return Mode.BACKFILL
+    return Mode.LIVE
+
+
+def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]) -> None:
+    """Create missing counter rows for (node, lane) pairs, with cap, runtime and pause state."""
+    nodes = version.node_map()
+    rows = []
+    for node_id, lane in set(pairs):
+        node = nodes[node_id]
+        runtime = runtime_of(node)
+        rows.append(
+            NodeLane(
+                dag_version=version,
+                node_id=node_id,
+                lane=lane,
+                priority=0 if lane == Mode.LIVE else 1,
+                runtime=runtime,
+                cap=int(node.get("concurrency", {}).get(lane, 32)),
+                paused=dag.is_paused(node_id, lane),
+                blocked="" if runtime in runtimes.names() else f"no runtime {runtime!r} installed",
+            )
+        )
+    NodeLane.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
+    """Create the tasks of `events` and mark them fanned out, in the caller's transaction
+    (`mark=False` when the events were inserted already marked, as ingestion does)."""
+    if not events:
+        return []
+    org_ids = {e.org_id for e in events}
+    versions = list(
+        DagVersion.objects.filter(
+            dag__org_id__in=org_ids, state__in=[VersionState.ACTIVE, VersionState.BUILDING]
+        ).select_related("dag")
+    )
+    tasks: list[Task] = []
+    lanes: dict[int, set[tuple[str, str]]] = {}
+    for event in events:
+        if event.kind == EventKind.MANIFEST:
+            continue  # routed by the aggregator and splitter nodes that emit them
+        for version in versions:
+            if version.dag.org_id != event.org_id:
+                continue
+            for consumer in _consumers_by_dataset(version.pk).get(event.dataset_id, ()):
+                lane = _lane(event, version.state)
+                retry = consumer.node.get("retry", {})
+                tasks.append(
+                    Task(
+                        org_id=event.org_id,
+                        dag_version=version,
+                        node_id=consumer.node_id,
+                        event=event,
+                        lane=lane,
+                        mode=event.mode,
+                        max_attempts=int(retry.get("max_attempts", 3)),
+                    )
+                )
+                lanes.setdefault(version.pk, set()).add((consumer.node_id, lane))
+    by_id = {v.pk: v for v in versions}
+    for version_id, pairs in lanes.items():
+        ensure_lanes(by_id[version_id].dag, by_id[version_id], pairs)
+    # No ignore_conflicts: callers fan out only events not yet fanned out, under a lock, so a
+    # duplicate here is a bug, and the unique constraint makes it fail loudly instead.
+    created = Task.objects.bulk_create(tasks)
+    for (version_id, node_id, lane), count in Counter(
+        (t.dag_version_id, t.node_id, t.lane) for t in created
+    ).items():
+        bump_lane(version_id, node_id, lane, pending=count, in_flight=0)
+    if mark:
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(fanned_out_at=timezone.now())
+    return created
+
+
+def fan_out_pending_events(limit: int = 500) -> int:
+    """The safety net: fan out events that were stored without it. Returns how many."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        events = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .filter(fanned_out_at__isnull=True)
+            .order_by("created_at")[:limit]
+        )
+        fan_out(events)
+    return len(events)

@@ -1,0 +1,145 @@
+"""`/internal/*`: the worker protocol over HTTP, single and batch forms (DESIGN.md §6).
+
+Batch items each succeed or fail on their own: each runs in its own savepoint inside one
+transaction, so a batch of 100 completes costs one commit, not 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
+from apps.orgs.errors import SluiceError, ValidationFailed
+from apps.tasks import worker_api
+from apps.tasks.models import Attempt
+
+MAX_BATCH = 100
+
+
+def _body(request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    return request.data
+
+
+def _items(body: dict[str, Any], key: str) -> list[Any] | None:
+    if key not in body:
+        return None
+    items = body[key]
+    if not isinstance(items, list) or not items:
+        raise ValidationFailed.field(key, "must be a non-empty list")
+    if len(items) > MAX_BATCH:
+        raise ValidationFailed.field(key, f"at most {MAX_BATCH} items per call")
+    return items
+
+
+def _task_id_of(item: dict[str, Any]) -> str | None:
+    if "task_id" in item:
+        return str(item["task_id"])
+    token = item.get("lease_token")
+    task_id = Attempt.objects.filter(lease_token=token).values_list("task_id", flat=True).first()
+    return str(task_id) if task_id else None
+
+
+def _run_batch(
+    items: list[Any], call: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    results = []
+    with transaction.atomic():
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                results.append(
+                    {
+                        "index": index,
+                        "code": "validation_error",
+                        "detail": "each item must be an object",
+                    }
+                )
+                continue
+            try:
+                with transaction.atomic():
+                    results.append(call(item))
+            except SluiceError as exc:
+                results.append(
+                    {
+                        "task_id": _task_id_of(item),
+                        "index": index,
+                        "code": exc.code,
+                        "detail": exc.detail,
+                    }
+                )
+    return results
+
+
+class InternalView(APIView):
+    authentication_classes = [WorkerKeyAuthentication]
+
+    def principal(self, request: Request) -> WorkerPrincipal:
+        return request.user  # type: ignore[return-value]
+
+
+class TaskFetchView(InternalView):
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        body = _body(request)
+        principal = self.principal(request)
+        worker_id = str(body.get("worker_id") or "")
+        tasks = _items(body, "tasks")
+        if tasks is None:
+            lease = worker_api.task_fetch(
+                principal, body.get("task_id", ""), body.get("dispatch_token", ""), worker_id
+            )
+            return Response(lease)
+        results = _run_batch(
+            tasks,
+            lambda t: worker_api.task_fetch(
+                principal, t.get("task_id", ""), t.get("dispatch_token", ""), worker_id
+            ),
+        )
+        leases = [r for r in results if "code" not in r]
+        refused = [{"task_id": r.get("task_id"), "code": r["code"]} for r in results if "code" in r]
+        return Response({"leases": leases, "refused": refused})
+
+
+class _ItemView(InternalView):
+    call: Callable[[WorkerPrincipal, dict[str, Any]], dict[str, Any]]
+    single_status = status.HTTP_200_OK
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        body = _body(request)
+        principal = self.principal(request)
+        call = type(self).call
+        items = _items(body, "items")
+        if items is None:
+            return Response(call(principal, body), status=self.single_status)
+        return Response({"results": _run_batch(items, lambda i: call(principal, i))})
+
+
+class TaskHeartbeatView(_ItemView):
+    call = staticmethod(  # type: ignore[assignment]
+        lambda principal, body: worker_api.task_heartbeat(
+            principal, body.get("lease_token", ""), body.get("progress")
+        )
+    )
+
+
+class TaskEventsView(_ItemView):
+    call = staticmethod(worker_api.task_checkpoint)  # type: ignore[assignment]
+    single_status = status.HTTP_202_ACCEPTED
+
+
+class TaskCompleteView(_ItemView):
+    call = staticmethod(worker_api.task_complete)  # type: ignore[assignment]
+
+
+class TaskFailView(_ItemView):
+    call = staticmethod(worker_api.task_fail)  # type: ignore[assignment]

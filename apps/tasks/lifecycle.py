@@ -1,0 +1,193 @@
+"""The task state machine (DESIGN.md §4), and the dispatch counters that move with it.
+
+    pending -> queued -> running -> succeeded | retry_wait | failed | canceled
+    retry_wait -> pending;  queued -> pending;  pending | queued | retry_wait -> canceled
+    pending -> skipped_memoized;  failed | canceled -> pending (retry by hand)
+
+Every transition goes through `_move` (one task, a row the caller locked) or `_move_many`
+(rows the caller locked, moved with a conditional UPDATE per group). Both refuse illegal
+moves and adjust the (version, node, lane) counter rows in the same transaction, so the
+counters and the task states cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from apps.orgs.errors import Conflict
+from apps.tasks.models import IN_FLIGHT_STATES, NodeLane, Task, TaskState
+
+S = TaskState
+ALLOWED: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.QUEUED, S.CANCELED, S.SKIPPED_MEMOIZED}),
+    S.QUEUED: frozenset({S.PENDING, S.RUNNING, S.CANCELED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.RETRY_WAIT, S.FAILED, S.CANCELED}),
+    S.RETRY_WAIT: frozenset({S.PENDING, S.CANCELED}),
+    S.FAILED: frozenset({S.PENDING}),
+    S.CANCELED: frozenset({S.PENDING}),
+    S.SUCCEEDED: frozenset(),
+    S.SKIPPED_MEMOIZED: frozenset(),
+}
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+def _weight(state: str) -> tuple[int, int]:
+    """What a task in `state` counts for in its lane row: (pending, in_flight)."""
+    return (1 if state == S.PENDING else 0, 1 if state in IN_FLIGHT_STATES else 0)
+
+
+def bump_lane(version_id: int, node_id: str, lane: str, pending: int, in_flight: int) -> None:
+    if pending or in_flight:
+        NodeLane.objects.filter(dag_version_id=version_id, node_id=node_id, lane=lane).update(
+            pending=F("pending") + pending, in_flight=F("in_flight") + in_flight
+        )
+
+
+def _check(task: Task, to: str) -> None:
+    if to not in ALLOWED[task.state]:
+        raise IllegalTransition(f"Task {task.id} cannot go from {task.state} to {to}.")
+
+
+def _move(task: Task, to: str, **fields: Any) -> Task:
+    """Move one locked task; `fields` are set with the state."""
+    _check(task, to)
+    before = _weight(task.state)
+    updated = Task.objects.filter(pk=task.pk, state=task.state).update(state=to, **fields)
+    if updated != 1:  # the caller did not hold the lock: never overwrite a concurrent move
+        raise IllegalTransition(f"Task {task.id} changed state concurrently.")
+    after = _weight(to)
+    bump_lane(
+        task.dag_version_id, task.node_id, task.lane, after[0] - before[0], after[1] - before[1]
+    )
+    task.state = to
+    for name, value in fields.items():
+        setattr(task, name, value)
+    return task
+
+
+def _move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
+    """Move locked tasks in bulk: one conditional UPDATE and one counter bump per group."""
+    groups: dict[tuple[str, int, str, str], list[Task]] = {}
+    for task in tasks:
+        _check(task, to)
+        groups.setdefault((task.state, task.dag_version_id, task.node_id, task.lane), []).append(
+            task
+        )
+    moved: list[Task] = []
+    for (state, version_id, node_id, lane), members in groups.items():
+        ids = [t.pk for t in members]
+        updated = Task.objects.filter(pk__in=ids, state=state).update(state=to, **fields)
+        if updated != len(ids):
+            raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
+        before, after = _weight(state), _weight(to)
+        bump_lane(
+            version_id,
+            node_id,
+            lane,
+            (after[0] - before[0]) * updated,
+            (after[1] - before[1]) * updated,
+        )
+        for task in members:
+            task.state = to
+            for name, value in fields.items():
+                setattr(task, name, value)
+        moved.extend(members)
+    return moved
+
+
+def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:
+    """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5-1.0."""
+    base = float(retry.get("backoff_s", 5))
+    cap = float(retry.get("max_backoff_s", 300))
+    exponent = max(task.attempts_used - 1, 0)
+    delay = min(cap, base * (2**exponent))
+    return dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+
+
+# --- named transitions --------------------------------------------------------------------------
+
+
+def task_queue_many(tasks: list[Task]) -> list[Task]:
+    """pending -> queued, at dispatch. Each queueing gets a new dispatch count (and token)."""
+    now = timezone.now()
+    return _move_many(tasks, S.QUEUED, queued_at=now, dispatch_count=F("dispatch_count") + 1)
+
+
+def task_requeue_many(tasks: list[Task]) -> list[Task]:
+    """queued -> pending: the send failed, the message was lost, or an operator requeued."""
+    return _move_many(tasks, S.PENDING, queued_at=None)
+
+
+def task_start(task: Task, *, lease_token: str, lease_ttl_s: float, timeout_s: float) -> Task:
+    """queued -> running: the worker's fetch took the lease of a new attempt."""
+    now = timezone.now()
+    return _move(
+        task,
+        S.RUNNING,
+        attempt=task.attempt + 1,
+        lease_token=lease_token,
+        lease_expires_at=now + dt.timedelta(seconds=lease_ttl_s),
+        deadline_at=now + dt.timedelta(seconds=timeout_s),
+        started_at=now,
+        error=None,
+    )
+
+
+def _ended(**fields: Any) -> dict[str, Any]:
+    return {"lease_token": None, "lease_expires_at": None, "deadline_at": None, **fields}
+
+
+def task_succeed(task: Task, *, output_event_id: Any) -> Task:
+    return _move(
+        task, S.SUCCEEDED, **_ended(finished_at=timezone.now(), output_event_id=output_event_id)
+    )
+
+
+def task_attempt_failed(
+    task: Task, *, error: dict[str, Any], retryable: bool, retry: dict[str, Any]
+) -> Task:
+    """running -> retry_wait while attempts remain (and the error is retryable), else failed."""
+    if retryable and task.attempts_used < task.max_attempts:
+        next_at = timezone.now() + backoff_delay(task, retry)
+        return _move(task, S.RETRY_WAIT, **_ended(error=error, next_attempt_at=next_at))
+    return _move(task, S.FAILED, **_ended(error=error, finished_at=timezone.now()))
+
+
+def task_release_many(tasks: list[Task]) -> list[Task]:
+    """retry_wait -> pending, once the backoff has passed."""
+    return _move_many(tasks, S.PENDING, next_attempt_at=None)
+
+
+def task_cancel(task: Task) -> Task:
+    """Cancel an open task. A running one learns it at its next heartbeat."""
+    return _move(
+        task,
+        S.CANCELED,
+        **_ended(finished_at=timezone.now(), cancel_requested=True, next_attempt_at=None),
+    )
+
+
+def task_skip_memoized(task: Task) -> Task:
+    return _move(task, S.SKIPPED_MEMOIZED, finished_at=timezone.now())
+
+
+def task_retry_by_hand(task: Task) -> Task:
+    """failed | canceled -> pending, with max_attempts counted afresh."""
+    return _move(
+        task,
+        S.PENDING,
+        attempts_base=task.attempt,
+        error=None,
+        finished_at=None,
+        cancel_requested=False,
+        next_attempt_at=None,
+    )

@@ -1,0 +1,28 @@
+"""Run the Dispatcher outside beat: one pass, or `--loop` until SIGTERM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from apps.tasks import dispatch, fanout
+from apps.tasks.loops import run_loop
+
+
+class Command(BaseCommand):
+    help = "Claim pending tasks and send them to their runtimes (one pass, or --loop)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--loop", action="store_true")
+        parser.add_argument("--idle-sleep", type=float, default=0.2)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        def step() -> bool:
+            fanned = fanout.fan_out_pending_events()
+            sent = dispatch.dispatch_once()
+            if sent or fanned:
+                self.stdout.write(f"fanned out {fanned} event(s), sent {sent} task(s)")
+            return bool(sent or fanned)
+
+        run_loop(step, loop=options["loop"], idle_sleep=options["idle_sleep"])

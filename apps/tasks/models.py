@@ -1,0 +1,284 @@
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.dags.models import DagVersion
+from apps.datasets.models import Commit
+from apps.orgs.models import Org, OrgScopedQuerySet
+
+
+class EventKind(models.TextChoices):
+    DATA = "data", "Data"
+    MANIFEST = "manifest", "Manifest"
+    INVALIDATE = "invalidate", "Invalidate"
+
+
+class Mode(models.TextChoices):
+    LIVE = "live", "Live"
+    BACKFILL = "backfill", "Backfill"
+
+
+class TaskState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    RETRY_WAIT = "retry_wait", "Waiting to retry"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+    SKIPPED_MEMOIZED = "skipped_memoized", "Skipped (memoized)"
+
+
+# Groups of states (STYLE.md pattern 2).
+IN_FLIGHT_STATES = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+OPEN_STATES = frozenset(
+    {TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRY_WAIT}
+)
+TERMINAL_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.SKIPPED_MEMOIZED}
+)
+
+
+class AttemptOutcome(models.TextChoices):
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    LEASE_EXPIRED = "lease_expired", "Lease expired"
+    TIMED_OUT = "timed_out", "Timed out"
+    CANCELED = "canceled", "Canceled"
+
+
+class Event(models.Model):
+    """Notice of a commit (`data`), a batch (`manifest`) or an invalidation on a dataset."""
+
+    org_path: ClassVar[str] = "org"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="events")
+    dataset_id = models.CharField(max_length=128)
+    kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.DATA)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    range_start = models.CharField(max_length=64, blank=True)
+    range_end = models.CharField(max_length=64, blank=True)
+    event_time = models.DateTimeField(default=timezone.now)
+    payload = models.JSONField(default=dict, blank=True)
+    commit = models.ForeignKey(
+        Commit, on_delete=models.PROTECT, null=True, blank=True, related_name="events"
+    )
+    producer_task = models.ForeignKey(
+        "Task", on_delete=models.SET_NULL, null=True, blank=True, related_name="emitted_events"
+    )
+    # Checkpoint number within the producing task (D7); 0 for the task's final event.
+    checkpoint_n = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "events"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org", "dataset_id", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="event_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["producer_task", "checkpoint_n"],
+                condition=Q(producer_task__isnull=False),
+                name="event_one_per_task_checkpoint",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["org", "dataset_id", "-created_at"], name="event_dataset_idx"),
+            models.Index(
+                fields=["created_at"],
+                condition=Q(fanned_out_at__isnull=True),
+                name="event_unfanned_idx",
+            ),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.dataset_id} {self.id}"
+
+    @property
+    def version(self) -> str | None:
+        return self.commit.version if self.commit_id and self.commit else None
+
+
+class Task(models.Model):
+    """One execution of one node for one event; the attempts are its history."""
+
+    org_path: ClassVar[str] = "org"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="tasks")
+    dag_version = models.ForeignKey(DagVersion, on_delete=models.CASCADE, related_name="tasks")
+    node_id = models.CharField(max_length=63)
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="tasks")
+    state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING)
+    lane = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
+    attempt = models.PositiveIntegerField(default=0, help_text="Number of the latest attempt.")
+    attempts_base = models.PositiveIntegerField(
+        default=0, help_text="Attempts before the last retry by hand; max_attempts counts after."
+    )
+    max_attempts = models.PositiveIntegerField(default=3)
+    dispatch_count = models.PositiveIntegerField(default=0)
+    lease_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True, help_text="Attempt timeout.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    output_event = models.ForeignKey(
+        Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    cancel_requested = models.BooleanField(default=False)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "tasks"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dag_version", "node_id", "event"], name="task_one_per_node_event"
+            ),
+        ]
+        indexes = [
+            # Claims walk pending tasks of one (version, node, lane), oldest first.
+            models.Index(
+                fields=["dag_version", "node_id", "lane", "created_at"],
+                condition=Q(state="pending"),
+                name="task_claimable_idx",
+            ),
+            models.Index(
+                fields=["lease_expires_at"], condition=Q(state="running"), name="task_lease_idx"
+            ),
+            models.Index(
+                fields=["deadline_at"], condition=Q(state="running"), name="task_deadline_idx"
+            ),
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(state="retry_wait"), name="task_retry_idx"
+            ),
+            models.Index(fields=["queued_at"], condition=Q(state="queued"), name="task_queued_idx"),
+            models.Index(fields=["org", "-created_at"], name="task_org_recent_idx"),
+            models.Index(fields=["org", "state", "-created_at"], name="task_org_state_idx"),
+            models.Index(fields=["finished_at"], name="task_finished_idx"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} {self.id}"
+
+    @property
+    def attempts_used(self) -> int:
+        return self.attempt - self.attempts_base
+
+
+class Attempt(models.Model):
+    org_path: ClassVar[str] = "task__org"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    worker_id = models.CharField(max_length=200, blank=True)
+    lease_token = models.CharField(max_length=64, unique=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    logs = models.TextField(blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "task_attempts"
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="attempt_number_per_task"),
+        ]
+        ordering = ["task", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} #{self.number}"
+
+
+class TaskInput(models.Model):
+    """Lineage (D9): which commits of which dataset a task read."""
+
+    org_path: ClassVar[str] = "task__org"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="inputs")
+    dataset_id = models.CharField(max_length=128)
+    generation = models.PositiveIntegerField()
+    seq_start = models.PositiveBigIntegerField()
+    seq_end = models.PositiveBigIntegerField()
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "task_inputs"
+        indexes = [models.Index(fields=["dataset_id", "generation", "seq_start"])]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id}@{self.generation}.{self.seq_start}-{self.seq_end}"
+
+
+class NodeLane(models.Model):
+    """The dispatch counter row of one (version, node, lane) (D11).
+
+    Caps are enforced under this row's lock, not by counting tasks; `runnable` is derived by
+    the database and indexed, so claims never rescan paused, blocked, capped or idle work.
+    """
+
+    org_path: ClassVar[str] = "dag_version__dag__org"
+
+    dag_version = models.ForeignKey(DagVersion, on_delete=models.CASCADE, related_name="lanes")
+    node_id = models.CharField(max_length=63)
+    lane = models.CharField(max_length=16, choices=Mode.choices)
+    priority = models.PositiveSmallIntegerField(default=0, help_text="0 = live, dispatched first.")
+    runtime = models.CharField(max_length=16, blank=True)
+    pending = models.IntegerField(default=0)
+    in_flight = models.IntegerField(default=0)
+    cap = models.PositiveIntegerField(default=32)
+    paused = models.BooleanField(default=False)
+    blocked = models.CharField(max_length=200, blank=True, help_text="Why it cannot dispatch.")
+    dispatched_at = models.DateTimeField(default=timezone.now, help_text="Last served.")
+    runnable = models.GeneratedField(
+        expression=Q(paused=False) & Q(blocked="") & Q(pending__gt=0) & Q(in_flight__lt=F("cap")),
+        output_field=models.BooleanField(),
+        db_persist=True,
+    )
+
+    objects = OrgScopedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "node_lanes"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dag_version", "node_id", "lane"], name="node_lane_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["priority", "dispatched_at", "id"],
+                condition=Q(runnable=True),
+                name="node_lane_runnable_idx",
+            ),
+        ]
+        ordering = ["dag_version", "node_id", "priority"]
+
+    def __str__(self) -> str:
+        return f"{self.node_id}/{self.lane}"

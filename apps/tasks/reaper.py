@@ -1,0 +1,195 @@
+"""The Reaper: bounded sweeps on partial indexes, conditional moves (STYLE.md pattern 4).
+
+- a running attempt whose lease expired (or that never heartbeated) ends `lease_expired`;
+- a running attempt past its `timeout_s` ends `timed_out`;
+  either way the task goes to `retry_wait` with backoff, or `failed` when attempts are spent;
+- `retry_wait` tasks whose backoff has passed go back to `pending`;
+- `queued` tasks past `queued_timeout` (a lost message, or a dispatcher that died between
+  commit and send) go back to `pending`.
+Any number of reapers may run: rows are claimed with SKIP LOCKED and moved conditionally.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from apps.dags.models import DagVersion
+from apps.tasks import lifecycle
+from apps.tasks.models import Attempt, AttemptOutcome, NodeLane, Task, TaskState
+from apps.tasks.triggers import dispatch_after_commit
+
+DEFAULT_LIMIT = 10_000
+
+
+def _retry_configs(tasks: list[Task]) -> dict[tuple[int, str], dict[str, Any]]:
+    versions = DagVersion.objects.filter(pk__in={t.dag_version_id for t in tasks})
+    configs = {}
+    for version in versions:
+        for node_id, node in version.node_map().items():
+            configs[(version.pk, node_id)] = node.get("retry", {})
+    return configs
+
+
+def _end_running(tasks: list[Task], outcome: str, error: dict[str, str]) -> None:
+    """End the current attempts of locked running tasks; retry or fail the tasks."""
+    if not tasks:
+        return
+    now = timezone.now()
+    Attempt.objects.filter(lease_token__in=[t.lease_token for t in tasks], outcome="").update(
+        outcome=outcome, ended_at=now, error=error
+    )
+    retry = _retry_configs(tasks)
+    exhausted = [t for t in tasks if t.attempts_used >= t.max_attempts]
+    lifecycle._move_many(
+        exhausted,
+        TaskState.FAILED,
+        lease_token=None,
+        lease_expires_at=None,
+        deadline_at=None,
+        error=error,
+        finished_at=now,
+    )
+    waiting: dict[tuple[int, str, int], list[Task]] = defaultdict(list)
+    for task in tasks:
+        if task.attempts_used < task.max_attempts:
+            waiting[(task.dag_version_id, task.node_id, task.attempts_used)].append(task)
+    for (version_id, node_id, _), group in waiting.items():
+        delay = lifecycle.backoff_delay(group[0], retry.get((version_id, node_id), {}))
+        lifecycle._move_many(
+            group,
+            TaskState.RETRY_WAIT,
+            lease_token=None,
+            lease_expires_at=None,
+            deadline_at=None,
+            error=error,
+            next_attempt_at=now + delay,
+        )
+
+
+_REAP_FIELDS = (
+    "id",
+    "state",
+    "dag_version_id",
+    "node_id",
+    "lane",
+    "attempt",
+    "attempts_base",
+    "max_attempts",
+    "lease_token",
+)
+
+
+def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
+    with transaction.atomic():
+        tasks = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(state=TaskState.RUNNING, lease_expires_at__lt=timezone.now())
+            .only(*_REAP_FIELDS)
+            .order_by("lease_expires_at")[:limit]
+        )
+        _end_running(
+            tasks,
+            AttemptOutcome.LEASE_EXPIRED,
+            {"type": "LeaseExpired", "message": "the worker stopped heartbeating"},
+        )
+    return len(tasks)
+
+
+def reap_timeouts(limit: int = DEFAULT_LIMIT) -> int:
+    with transaction.atomic():
+        tasks = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(state=TaskState.RUNNING, deadline_at__lt=timezone.now())
+            .only(*_REAP_FIELDS)
+            .order_by("deadline_at")[:limit]
+        )
+        _end_running(
+            tasks,
+            AttemptOutcome.TIMED_OUT,
+            {"type": "TimedOut", "message": "the attempt ran past the node's timeout_s"},
+        )
+    return len(tasks)
+
+
+def release_retries(limit: int = DEFAULT_LIMIT) -> int:
+    with transaction.atomic():
+        tasks = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(state=TaskState.RETRY_WAIT, next_attempt_at__lte=timezone.now())
+            .only(*_REAP_FIELDS)
+            .order_by("next_attempt_at")[:limit]
+        )
+        lifecycle.task_release_many(tasks)
+        if tasks:
+            dispatch_after_commit()
+    return len(tasks)
+
+
+def requeue_stale_queued(limit: int = DEFAULT_LIMIT) -> int:
+    cutoff = timezone.now() - dt.timedelta(seconds=settings.SLUICE_QUEUED_TIMEOUT_S)
+    with transaction.atomic():
+        tasks = list(
+            Task.objects.select_for_update(skip_locked=True)
+            .filter(state=TaskState.QUEUED, queued_at__lt=cutoff)
+            .only(*_REAP_FIELDS)
+            .order_by("queued_at")[:limit]
+        )
+        lifecycle.task_requeue_many(tasks)
+        if tasks:
+            dispatch_after_commit()
+    return len(tasks)
+
+
+@dataclass
+class ReapResult:
+    expired: int
+    timed_out: int
+    released: int
+    requeued: int
+
+    @property
+    def total(self) -> int:
+        return self.expired + self.timed_out + self.released + self.requeued
+
+
+def reap_once(limit: int = DEFAULT_LIMIT) -> ReapResult:
+    # Ending attempts first lets a task whose backoff is 0 be released in the same pass.
+    return ReapResult(
+        expired=reap_expired_leases(limit),
+        timed_out=reap_timeouts(limit),
+        released=release_retries(limit),
+        requeued=requeue_stale_queued(limit),
+    )
+
+
+def reconcile_lanes(limit: int = 1000) -> int:
+    """Recount the counter rows from the tasks table: a safety net against any drift.
+    Returns the number of rows corrected."""
+    fixed = 0
+    lanes = NodeLane.objects.order_by("id")[:limit]
+    for lane in lanes:
+        with transaction.atomic():
+            locked = NodeLane.objects.select_for_update(skip_locked=True).filter(pk=lane.pk).first()
+            if locked is None:
+                continue
+            counts = Task.objects.filter(
+                dag_version_id=locked.dag_version_id,
+                node_id=locked.node_id,
+                lane=locked.lane,
+                state__in=[TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING],
+            ).aggregate(
+                pending=Count("id", filter=Q(state=TaskState.PENDING)),
+                in_flight=Count("id", filter=~Q(state=TaskState.PENDING)),
+            )
+            if (counts["pending"], counts["in_flight"]) != (locked.pending, locked.in_flight):
+                NodeLane.objects.filter(pk=locked.pk).update(**counts)
+                fixed += 1
+    return fixed

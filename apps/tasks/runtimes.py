@@ -1,0 +1,93 @@
+"""Runtime adapters: how claimed tasks reach workers. The Dispatcher only calls `send`.
+
+A node's runtime is its `runtime` (operators), `sql` (materialized sql nodes) or its kind
+(control and alert nodes, run by handlers registered by the apps that own them). A runtime
+with no adapter blocks its lanes, visibly, instead of losing tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """One claimed task as it goes on the wire (§6 queue message)."""
+
+    task_id: uuid.UUID
+    attempt: int
+    dispatch_token: str
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "task_id": str(self.task_id),
+            "attempt": self.attempt,
+            "dispatch_token": self.dispatch_token,
+        }
+
+
+def dispatch_token(task_id: uuid.UUID | str, dispatch_count: int) -> str:
+    """Derived, not stored: a message from an earlier dispatch of the task no longer matches."""
+    message = f"dispatch:{task_id}:{dispatch_count}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()[:40]
+
+
+def runtime_of(node: dict[str, Any]) -> str:
+    if node["kind"] == "operator":
+        return str(node["runtime"])
+    return str(node["kind"])
+
+
+class RuntimeAdapter(Protocol):
+    def send(self, node: dict[str, Any], tasks: list[Dispatched]) -> set[uuid.UUID]:
+        """Hand the tasks to workers; return the ids whose send failed (they go back to
+        pending). Called after the claiming transaction has committed."""
+
+
+class RuntimeRegistry:
+    def __init__(self) -> None:
+        self._adapters: dict[str, Callable[[], RuntimeAdapter]] = {}
+
+    def register(self, name: str, factory: Callable[[], RuntimeAdapter]) -> None:
+        self._adapters[name] = factory
+
+    def get(self, name: str) -> RuntimeAdapter | None:
+        factory = self._adapters.get(name)
+        return factory() if factory else None
+
+    def names(self) -> set[str]:
+        return set(self._adapters)
+
+
+runtimes = RuntimeRegistry()
+
+
+def pool_message(tasks: list[Dispatched]) -> dict[str, Any]:
+    return {"tasks": [t.as_message() for t in tasks], "api_url": settings.SLUICE_API_URL}
+
+
+class CeleryPoolAdapter:
+    """The platform's own pool workers (python, sql): one Celery message per claimed batch."""
+
+    def send(self, node: dict[str, Any], tasks: list[Dispatched]) -> set[uuid.UUID]:
+        from apps.tasks.celery_tasks import run_pool_message
+
+        try:
+            run_pool_message.apply_async(args=[pool_message(tasks)])
+        except Exception:  # any broker failure: the tasks go back to pending
+            logger.exception("sending %d task(s) of %s to Celery failed", len(tasks), node["id"])
+            return {t.task_id for t in tasks}
+        return set()
+
+
+runtimes.register("python", CeleryPoolAdapter)

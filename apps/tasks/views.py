@@ -1,0 +1,137 @@
+"""Public API for events and tasks (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import uuid
+
+import django_filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.orgs.api import paginate, paginated, request_org
+from apps.orgs.errors import NotFound, ValidationFailed
+from apps.tasks import services
+from apps.tasks.ingest import events_ingest
+from apps.tasks.models import Event, Mode, Task, TaskState
+from apps.tasks.serializers import EventOutput, IngestOutput, TaskDetailOutput, TaskOutput
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"No {what} {value!r}.") from None
+
+
+class EventsView(APIView):
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={202: IngestOutput},
+        description='Post one event, or `{"events": [...]}` (≤ 1,000), to source datasets. '
+        "Idempotent per (dataset, idempotency_key): a repeat answers `created: false` with the "
+        "original id. Always 202 once stored.",
+    )
+    def post(self, request: Request) -> Response:
+        org = request_org(request, "post_events")
+        results = events_ingest(org, request.data)
+        return Response(
+            {"events": [{"id": str(r.event_id), "created": r.created} for r in results]},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(
+        responses=paginated(EventOutput),
+        parameters=[OpenApiParameter("dataset", str)],
+        operation_id="events_list",
+    )
+    def get(self, request: Request) -> Response:
+        org = request_org(request)
+        events = Event.objects.for_user(request.user).for_org(org).select_related("commit__dataset")
+        dataset = request.query_params.get("dataset")
+        if dataset:
+            events = events.filter(dataset_id=dataset.lower())
+        return paginate(self, request, events, EventOutput)
+
+
+class EventDetailView(APIView):
+    @extend_schema(responses=EventOutput)
+    def get(self, request: Request, event_id: str) -> Response:
+        org = request_org(request)
+        event = (
+            Event.objects.for_user(request.user)
+            .for_org(org)
+            .select_related("commit__dataset")
+            .filter(pk=_uuid(event_id, "event"))
+            .first()
+        )
+        if event is None:
+            raise NotFound(f"No event {event_id}.")
+        return Response(EventOutput(event).data)
+
+
+class TaskFilter(django_filters.FilterSet):
+    dag = django_filters.CharFilter(field_name="dag_version__dag__name")
+    node = django_filters.CharFilter(field_name="node_id")
+    state = django_filters.ChoiceFilter(choices=TaskState.choices)
+    lane = django_filters.ChoiceFilter(choices=Mode.choices)
+    mode = django_filters.ChoiceFilter(choices=Mode.choices)
+    event = django_filters.UUIDFilter(field_name="event_id")
+
+    class Meta:
+        model = Task
+        fields = ["dag", "node", "state", "lane", "mode", "event"]
+
+
+class TasksView(APIView):
+    @extend_schema(
+        responses=paginated(TaskOutput),
+        parameters=[OpenApiParameter(name, str) for name in TaskFilter.Meta.fields],
+        operation_id="tasks_list",
+    )
+    def get(self, request: Request) -> Response:
+        org = request_org(request)
+        tasks = Task.objects.for_user(request.user).for_org(org).select_related("dag_version__dag")
+        filtered = TaskFilter(request.query_params, queryset=tasks)
+        if not filtered.is_valid():
+            errors = [(k, str(v[0])) for k, v in filtered.errors.items()]
+            raise ValidationFailed.field(errors[0][0], errors[0][1])
+        return paginate(self, request, filtered.qs, TaskOutput)
+
+
+def _task(request: Request, task_id: str, perm: str = "view_org") -> Task:
+    org = request_org(request, perm)
+    task = (
+        Task.objects.for_user(request.user)
+        .for_org(org)
+        .select_related("dag_version__dag")
+        .prefetch_related("attempts")
+        .filter(pk=_uuid(task_id, "task"))
+        .first()
+    )
+    if task is None:
+        raise NotFound(f"No task {task_id}.")
+    return task
+
+
+class TaskDetailView(APIView):
+    @extend_schema(responses=TaskDetailOutput)
+    def get(self, request: Request, task_id: str) -> Response:
+        return Response(TaskDetailOutput(_task(request, task_id)).data)
+
+
+class TaskCancelView(APIView):
+    @extend_schema(request=None, responses=TaskOutput)
+    def post(self, request: Request, task_id: str) -> Response:
+        task = services.task_cancel(_task(request, task_id, "operate_tasks"))
+        return Response(TaskOutput(_task(request, str(task.pk))).data)
+
+
+class TaskRetryView(APIView):
+    @extend_schema(request=None, responses=TaskOutput)
+    def post(self, request: Request, task_id: str) -> Response:
+        task = services.task_retry(_task(request, task_id, "operate_tasks"))
+        return Response(TaskOutput(_task(request, str(task.pk))).data)

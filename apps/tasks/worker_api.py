@@ -1,0 +1,430 @@
+"""The worker protocol (DESIGN.md D7, §6): fetch, heartbeat, checkpoint, complete, fail.
+
+Each call is one short transaction on locked rows. The lease token names one attempt; after
+the lease expired or the task was canceled, writes answer 409 and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.datasets.models import Dataset
+from apps.datasets.ranges import canonical_range
+from apps.datasets.services import CommitRequest, commits_record
+from apps.orgs.authentication import WorkerPrincipal
+from apps.orgs.errors import Conflict, NotFound, ValidationFailed
+from apps.tasks import lifecycle
+from apps.tasks.fanout import fan_out
+from apps.tasks.models import Attempt, AttemptOutcome, Event, EventKind, Task, TaskInput, TaskState
+from apps.tasks.runtimes import dispatch_token
+from apps.tasks.triggers import dispatch_after_commit
+
+LOG_LIMIT_BYTES = 64 * 1024
+
+
+def lease_ttl_s() -> float:
+    return float(settings.SLUICE_LEASE_TTL_S)
+
+
+class NotLeasable(Conflict):
+    code = "not_leasable"
+
+
+class LeaseExpired(Conflict):
+    code = "lease_expired"
+
+
+class TaskCanceled(Conflict):
+    code = "task_canceled"
+
+
+def _tail(text: str | None) -> str:
+    raw = (text or "").encode("utf-8", "replace")
+    return raw[-LOG_LIMIT_BYTES:].decode("utf-8", "ignore")
+
+
+def _scoped_tasks(principal: WorkerPrincipal) -> Any:
+    tasks = Task.objects.all()
+    return tasks if principal.is_pool else tasks.filter(org=principal.org)
+
+
+def _node(task: Task) -> dict[str, Any]:
+    return task.dag_version.node_map()[task.node_id]
+
+
+def _staging(dataset: Dataset, generation: int, task: Task) -> str:
+    root = str(settings.SLUICE_STORAGE_ROOT).rstrip("/")
+    return f"{root}/{dataset.storage_prefix}/g{generation}/_staging/{task.pk}/{task.attempt}/"
+
+
+def event_body(event: Event) -> dict[str, Any]:
+    return {
+        "id": str(event.pk),
+        "kind": event.kind,
+        "dataset": event.dataset_id,
+        "version": event.commit.version if event.commit else None,
+        "range_start": event.range_start or None,
+        "range_end": event.range_end or None,
+        "event_time": event.event_time.isoformat(),
+        "mode": event.mode,
+        "payload": event.payload,
+    }
+
+
+def _lease_body(task: Task, node: dict[str, Any], secrets_for_task: dict[str, str]) -> dict:
+    event = task.event
+    ttl = lease_ttl_s()
+    input_datasets = []
+    if event.commit is not None:
+        dataset = event.commit.dataset
+        input_datasets.append(
+            {
+                "dataset": event.dataset_id,
+                "version": event.commit.version,
+                "backend": dataset.backend,
+                "schema": dataset.schema,
+                "files": [f["path"] for f in event.commit.files],
+            }
+        )
+    output = None
+    if node.get("output"):
+        dataset = Dataset.objects.get(org=task.org_id, dataset_id=node["output"]["dataset"])
+        output = {
+            "dataset": dataset.dataset_id,
+            "backend": dataset.backend,
+            "generation": dataset.live_generation,
+            "schema": dataset.schema,
+            "staging": _staging(dataset, dataset.live_generation, task),
+        }
+    node_body: dict[str, Any] = {
+        "dag": task.dag_version.dag.name,
+        "dag_version": task.dag_version.number,
+        "id": task.node_id,
+        "kind": node["kind"],
+        "runtime": node.get("runtime", node["kind"]),
+        "handler": node.get("handler"),
+        "config": node.get("config", {}),
+    }
+    if node["kind"] == "sql":
+        node_body["query"] = node["query"]
+    return {
+        "task": {
+            "id": str(task.pk),
+            "attempt": task.attempt,
+            "max_attempts": task.max_attempts,
+            "mode": task.mode,
+            "lane": task.lane,
+            "timeout_s": node.get("timeout_s", 3600),
+        },
+        "lease": {
+            "token": task.lease_token,
+            "expires_at": task.lease_expires_at.isoformat() if task.lease_expires_at else None,
+            "heartbeat_interval_s": round(ttl / 3, 3),
+        },
+        "node": node_body,
+        "input": {"event": event_body(event), "datasets": input_datasets},
+        "output": output,
+        "secrets": secrets_for_task,
+        "idempotency": {"task_id": str(task.pk), "attempt": task.attempt},
+    }
+
+
+def task_fetch(
+    principal: WorkerPrincipal, task_id: str, token: str, worker_id: str
+) -> dict[str, Any]:
+    """Lease a new attempt of a queued task: exactly once per dispatch (409 otherwise)."""
+    try:
+        task_uuid = uuid.UUID(str(task_id))
+    except ValueError:
+        raise ValidationFailed.field("task_id", "must be a UUID") from None
+    with transaction.atomic():
+        task = (
+            _scoped_tasks(principal)
+            .select_for_update(of=("self",))
+            .select_related("dag_version__dag", "event__commit__dataset")
+            .filter(pk=task_uuid)
+            .first()
+        )
+        if task is None:
+            raise NotFound(f"No task {task_id}.")
+        if task.state != TaskState.QUEUED or not secrets.compare_digest(
+            token or "", dispatch_token(task.pk, task.dispatch_count)
+        ):
+            raise NotLeasable(f"Task {task_id} is {task.state}; this dispatch cannot lease it.")
+        node = _node(task)
+        lease = secrets.token_urlsafe(32)
+        lifecycle.task_start(
+            task,
+            lease_token=lease,
+            lease_ttl_s=lease_ttl_s(),
+            timeout_s=float(node.get("timeout_s", 3600)),
+        )
+        Attempt.objects.create(
+            task=task,
+            number=task.attempt,
+            worker_id=worker_id[:200],
+            lease_token=lease,
+            heartbeat_at=timezone.now(),
+        )
+        body = _lease_body(task, node, {})
+    return body
+
+
+@dataclass
+class LeasedAttempt:
+    attempt: Attempt
+    task: Task
+
+
+def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttempt:
+    if not isinstance(lease_token, str) or not lease_token:
+        raise ValidationFailed.field("lease_token", "required")
+    attempt = (
+        Attempt.objects.select_for_update(of=("self",))
+        .filter(lease_token=lease_token)
+        .select_related("task")
+        .first()
+    )
+    if attempt is None or (not principal.is_pool and attempt.task.org_id != principal.org.pk):
+        raise NotFound("No attempt holds this lease token.")
+    task = (
+        Task.objects.select_for_update(of=("self",))
+        .select_related("dag_version__dag", "event__commit__dataset")
+        .get(pk=attempt.task_id)
+    )
+    return LeasedAttempt(attempt, task)
+
+
+def _require_live_lease(leased: LeasedAttempt) -> None:
+    task, attempt = leased.task, leased.attempt
+    if task.state == TaskState.CANCELED or attempt.outcome == AttemptOutcome.CANCELED:
+        raise TaskCanceled(f"Task {task.pk} was canceled.")
+    if (
+        attempt.outcome
+        or task.state != TaskState.RUNNING
+        or task.lease_token != attempt.lease_token
+        or task.lease_expires_at is None
+        or task.lease_expires_at <= timezone.now()
+    ):
+        raise LeaseExpired(f"The lease of task {task.pk} attempt {attempt.number} has expired.")
+
+
+def _end_attempt(attempt: Attempt, outcome: str, **fields: Any) -> None:
+    attempt.outcome = outcome
+    attempt.ended_at = timezone.now()
+    for name, value in fields.items():
+        setattr(attempt, name, value)
+    attempt.save(update_fields=["outcome", "ended_at", *fields])
+
+
+def task_heartbeat(
+    principal: WorkerPrincipal, lease_token: str, progress: dict[str, Any] | None
+) -> dict[str, Any]:
+    with transaction.atomic():
+        leased = _locked_attempt(principal, lease_token)
+        task, attempt = leased.task, leased.attempt
+        if task.state == TaskState.CANCELED and attempt.outcome == AttemptOutcome.CANCELED:
+            return {"task_id": str(task.pk), "lease_expires_at": None, "cancel": True}
+        _require_live_lease(leased)
+        now = timezone.now()
+        expires = now + dt.timedelta(seconds=lease_ttl_s())
+        Task.objects.filter(pk=task.pk, state=TaskState.RUNNING).update(lease_expires_at=expires)
+        attempt.heartbeat_at = now
+        fields = ["heartbeat_at"]
+        if progress:
+            attempt.progress = progress
+            fields.append("progress")
+        attempt.save(update_fields=fields)
+    return {"task_id": str(task.pk), "lease_expires_at": expires.isoformat(), "cancel": False}
+
+
+def _range(task: Task, body: dict[str, Any], dataset: Dataset | None) -> tuple[str, str]:
+    start, end = body.get("range_start"), body.get("range_end")
+    if start is None and end is None:
+        return task.event.range_start, task.event.range_end
+    range_type = dataset.range_type if dataset else "string"
+    return canonical_range(range_type, start, end)
+
+
+def _output_files(node: dict[str, Any], outputs: Any) -> list[dict[str, Any]]:
+    """The files named for the node's output dataset (the platform only records them here)."""
+    target = (node.get("output") or {}).get("dataset")
+    files: list[dict[str, Any]] = []
+    if outputs in (None, []):
+        return files
+    if not isinstance(outputs, list):
+        raise ValidationFailed.field("outputs", "must be a list")
+    for i, output in enumerate(outputs):
+        if not isinstance(output, dict) or output.get("dataset") != target:
+            raise ValidationFailed.field(
+                f"outputs[{i}].dataset", f"this node writes only {target!r}"
+            )
+        for j, item in enumerate(output.get("files") or []):
+            path = f"outputs[{i}].files[{j}]"
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+                raise ValidationFailed.field(path, "must be {path, rows, bytes}")
+            counts = {key: item.get(key, 0) for key in ("rows", "bytes")}
+            for key, value in counts.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValidationFailed.field(f"{path}.{key}", "must be an integer ≥ 0")
+            files.append({"path": item["path"], **counts})
+    return files
+
+
+def _emit(
+    task: Task,
+    node: dict[str, Any],
+    files: list[dict],
+    range_: tuple[str, str],
+    payload: dict[str, Any],
+    checkpoint_n: int,
+) -> Event | None:
+    """Record a commit of `files` and its one data event; fan it out (caller's transaction)."""
+    output = node.get("output")
+    if not output:
+        return None
+    commit = commits_record(
+        task.org,
+        [
+            CommitRequest(
+                dataset_id=output["dataset"],
+                files=files,
+                range_start=range_[0],
+                range_end=range_[1],
+                producer_dag=task.dag_version.dag.name,
+                producer_node=task.node_id,
+                producer_task_id=task.pk,
+            )
+        ],
+    )[0]
+    event = Event.objects.create(
+        org_id=task.org_id,
+        dataset_id=output["dataset"],
+        kind=EventKind.DATA,
+        mode=task.mode,
+        range_start=range_[0],
+        range_end=range_[1],
+        payload=payload or {},
+        commit=commit,
+        producer_task=task,
+        checkpoint_n=checkpoint_n,
+    )
+    fan_out([event])
+    return event
+
+
+def task_checkpoint(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
+    """A mid-task commit, durable at once, keyed (task, n): a retry's same n gets the original."""
+    n = body.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValidationFailed.field("n", "must be an integer ≥ 1")
+    with transaction.atomic():
+        leased = _locked_attempt(principal, body.get("lease_token", ""))
+        task = leased.task
+        _require_live_lease(leased)
+        existing = Event.objects.filter(producer_task=task, checkpoint_n=n).first()
+        if existing is not None:
+            return {"task_id": str(task.pk), "event": {"id": str(existing.pk), "created": False}}
+        node = _node(task)
+        files = _output_files(
+            node,
+            [
+                {
+                    "dataset": (node.get("output") or {}).get("dataset"),
+                    "files": body.get("files") or [],
+                }
+            ],
+        )
+        dataset = _output_dataset(task, node)
+        event = _emit(task, node, files, _range(task, body, dataset), body.get("payload") or {}, n)
+        dispatch_after_commit()
+    if event is None:
+        raise ValidationFailed.field("n", "this node has no output dataset to checkpoint")
+    return {"task_id": str(task.pk), "event": {"id": str(event.pk), "created": True}}
+
+
+def _output_dataset(task: Task, node: dict[str, Any]) -> Dataset | None:
+    output = node.get("output")
+    if not output:
+        return None
+    return Dataset.objects.get(org_id=task.org_id, dataset_id=output["dataset"])
+
+
+def _complete_answer(task: Task) -> dict[str, Any]:
+    event = {"id": str(task.output_event_id)} if task.output_event_id else None
+    return {"task_id": str(task.pk), "state": task.state, "event": event}
+
+
+def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
+    """Commit the attempt's output, succeed the task and emit one data event, atomically.
+    The same call again answers the same; after expiry or cancel it is refused."""
+    with transaction.atomic():
+        leased = _locked_attempt(principal, body.get("lease_token", ""))
+        task, attempt = leased.task, leased.attempt
+        if attempt.outcome == AttemptOutcome.SUCCEEDED:
+            return _complete_answer(task)
+        _require_live_lease(leased)
+        node = _node(task)
+        files = _output_files(node, body.get("outputs"))
+        dataset = _output_dataset(task, node)
+        range_ = _range(task, body, dataset)
+        event = _emit(task, node, files, range_, body.get("payload") or {}, 0)
+        commit = task.event.commit
+        if commit is not None:
+            TaskInput.objects.create(
+                task=task,
+                dataset_id=task.event.dataset_id,
+                generation=commit.generation,
+                seq_start=commit.seq,
+                seq_end=commit.seq,
+                event=task.event,
+            )
+        lifecycle.task_succeed(task, output_event_id=event.pk if event else None)
+        _end_attempt(
+            attempt,
+            AttemptOutcome.SUCCEEDED,
+            logs=_tail(body.get("logs")),
+            metrics=body.get("metrics") or {},
+        )
+        dispatch_after_commit()
+    return _complete_answer(task)
+
+
+def task_fail(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
+    error = body.get("error") or {}
+    if not isinstance(error, dict):
+        raise ValidationFailed.field("error", "must be an object {type, message, traceback}")
+    retryable = body.get("retryable", True)
+    if not isinstance(retryable, bool):
+        raise ValidationFailed.field("retryable", "must be true or false")
+    with transaction.atomic():
+        leased = _locked_attempt(principal, body.get("lease_token", ""))
+        task, attempt = leased.task, leased.attempt
+        if attempt.outcome == AttemptOutcome.FAILED:
+            return _fail_answer(task)
+        _require_live_lease(leased)
+        clean_error = {
+            "type": str(error.get("type", "Error"))[:200],
+            "message": str(error.get("message", ""))[:4000],
+            "traceback": _tail(str(error.get("traceback", "")))[-16000:],
+        }
+        lifecycle.task_attempt_failed(
+            task, error=clean_error, retryable=retryable, retry=_node(task).get("retry", {})
+        )
+        _end_attempt(
+            attempt, AttemptOutcome.FAILED, error=clean_error, logs=_tail(body.get("logs"))
+        )
+    return _fail_answer(task)
+
+
+def _fail_answer(task: Task) -> dict[str, Any]:
+    next_at = task.next_attempt_at.isoformat() if task.next_attempt_at else None
+    return {"task_id": str(task.pk), "state": task.state, "next_attempt_at": next_at}

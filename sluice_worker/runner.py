@@ -1,0 +1,321 @@
+"""The wrapper around an operator function: fetch, heartbeat, run, write output, complete.
+
+An operator is a plain function `handler(ctx)` that may return rows (an Arrow table, record
+batches, or a list of dicts) or nothing. What it returns is written as parquet under the
+attempt's staging prefix and named in task-complete. `ctx.checkpoint()` raises once the task
+is canceled or the lease is lost, so long operators stop cooperatively.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sluice_worker.arrow_types import arrow_schema
+from sluice_worker.client import ApiError, WorkerClient
+from sluice_worker.handlers import load_handler
+
+logger = logging.getLogger("sluice_worker")
+
+
+class TaskCanceled(Exception):
+    """The platform canceled the task; stop without completing."""
+
+
+class LeaseLost(Exception):
+    """The lease expired (the platform will retry the task elsewhere); stop at once."""
+
+
+class NonRetryable(Exception):
+    """Raise from an operator to fail the task without further attempts."""
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for a local path or an s3:// URI (endpoint from the environment)."""
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("SLUICE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        if os.environ.get("AWS_REGION"):
+            kwargs["region"] = os.environ["AWS_REGION"]
+        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def to_table(result: Any, schema: dict[str, str] | None) -> pa.Table | None:
+    if result is None:
+        return None
+    if isinstance(result, pa.Table):
+        table = result
+    elif isinstance(result, pa.RecordBatch):
+        table = pa.Table.from_batches([result])
+    elif isinstance(result, list) and result and isinstance(result[0], pa.RecordBatch):
+        table = pa.Table.from_batches(result)
+    elif isinstance(result, list):
+        if not result:
+            return None
+        target = arrow_schema(schema) if schema else None
+        table = pa.Table.from_pylist(result, schema=target)
+    else:
+        raise TypeError(
+            f"an operator returns an Arrow table, record batches, a list of dicts or None, "
+            f"not {type(result).__name__}"
+        )
+    if schema:
+        target = arrow_schema(schema)
+        columns = [c for c in target.names if c in table.column_names]
+        table = table.select(columns).cast(pa.schema([target.field(c) for c in columns]))
+    return table
+
+
+@dataclass
+class TaskContext:
+    """What an operator sees of its task."""
+
+    lease: dict[str, Any]
+    client: WorkerClient
+    canceled: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    logs: io.StringIO = field(default_factory=io.StringIO)
+    checkpoints: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return str(self.lease["task"]["id"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.lease["task"]["attempt"])
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return dict(self.lease["input"]["event"])
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return list(self.lease["input"]["datasets"])
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return dict(self.lease.get("secrets") or {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.lease["node"].get("config") or {})
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        return self.lease.get("output")
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"sluice_worker.task.{self.task_id}")
+
+    def log(self, message: str) -> None:
+        self.logs.write(message.rstrip("\n") + "\n")
+
+    def checkpoint(self) -> None:
+        """Raise if the task was canceled or its lease lost; call it between units of work."""
+        if self.canceled.is_set():
+            raise TaskCanceled(self.task_id)
+        if self.lost.is_set():
+            raise LeaseLost(self.task_id)
+
+    def read_input(self) -> pa.Table:
+        """The rows of the input event's commit(s), concatenated."""
+        tables = []
+        for ref in self.inputs:
+            for uri in ref["files"]:
+                filesystem, path = filesystem_for(uri)
+                tables.append(pq.read_table(path, filesystem=filesystem))
+        if not tables:
+            schema = self.inputs[0]["schema"] if self.inputs else {}
+            return arrow_schema(schema).empty_table() if schema else pa.table({})
+        return pa.concat_tables(tables, promote_options="default")
+
+    def write_output(self, table: pa.Table, name: str | None = None) -> dict[str, Any]:
+        """Write `table` as one parquet file under the staging prefix; returns its file entry."""
+        output = self.output
+        if output is None:
+            raise ValueError("this node has no output dataset")
+        self.checkpoint()
+        name = name or f"part-{self.checkpoints:05d}.parquet"
+        filesystem, prefix = filesystem_for(output["staging"])
+        path = f"{prefix.rstrip('/')}/{name}"
+        filesystem.create_dir(prefix, recursive=True)
+        pq.write_table(table, path, filesystem=filesystem)
+        size = filesystem.get_file_info(path).size
+        uri = output["staging"].rstrip("/") + "/" + name
+        return {"path": uri, "rows": table.num_rows, "bytes": int(size or 0)}
+
+    def emit_checkpoint(self, table: pa.Table, **fields: Any) -> dict[str, Any]:
+        """Commit `table` now as checkpoint n (1, 2, …): durable even if the task dies later."""
+        self.checkpoints += 1
+        entry = self.write_output(table)
+        body = {
+            "lease_token": self.lease["lease"]["token"],
+            "n": self.checkpoints,
+            "files": [entry],
+            **fields,
+        }
+        return self.client.checkpoint(body)
+
+
+class Heartbeat(threading.Thread):
+    """Extends the leases of running tasks every `interval`; flags cancel and lost leases."""
+
+    def __init__(self, client: WorkerClient, interval: float) -> None:
+        super().__init__(daemon=True, name="sluice-heartbeat")
+        self.client = client
+        self.interval = interval
+        self.contexts: dict[str, TaskContext] = {}
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def watch(self, ctx: TaskContext) -> None:
+        with self.lock:
+            self.contexts[ctx.lease["lease"]["token"]] = ctx
+
+    def forget(self, ctx: TaskContext) -> None:
+        with self.lock:
+            self.contexts.pop(ctx.lease["lease"]["token"], None)
+
+    def beat(self) -> None:
+        with self.lock:
+            contexts = dict(self.contexts)
+        if not contexts:
+            return
+        try:
+            answer = self.client.heartbeat([{"lease_token": token} for token in contexts])
+        except (ApiError, ConnectionError) as exc:
+            logger.warning("heartbeat failed: %s", exc)
+            return
+        by_task = {ctx.task_id: ctx for ctx in contexts.values()}
+        for result in answer.get("results", []):
+            ctx = by_task.get(str(result.get("task_id")))
+            if ctx is None:
+                continue
+            if result.get("cancel"):
+                ctx.canceled.set()
+            elif result.get("code") in {"lease_expired", "not_found"}:
+                ctx.lost.set()
+            elif result.get("code") == "task_canceled":
+                ctx.canceled.set()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+HandlerResolver = Callable[[str], Callable[..., Any]]
+
+
+def _fail_body(ctx: TaskContext, exc: BaseException, retryable: bool) -> dict[str, Any]:
+    return {
+        "lease_token": ctx.lease["lease"]["token"],
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc)[:4000],
+            "traceback": "".join(traceback.format_exception(exc))[-16000:],
+        },
+        "retryable": retryable,
+        "logs": ctx.logs.getvalue()[-64 * 1024 :],
+    }
+
+
+def run_lease(ctx: TaskContext, resolve: HandlerResolver) -> tuple[str, dict[str, Any]]:
+    """Run one leased task: ("complete", body), ("fail", body) or ("stop", {})."""
+    try:
+        handler = resolve(str(ctx.lease["node"]["handler"]))
+        result = handler(ctx)
+        ctx.checkpoint()
+        table = to_table(result, (ctx.output or {}).get("schema"))
+        outputs = []
+        if ctx.output is not None and table is not None:
+            entry = ctx.write_output(table)
+            outputs = [{"dataset": ctx.output["dataset"], "files": [entry]}]
+        body = {
+            "lease_token": ctx.lease["lease"]["token"],
+            "outputs": outputs,
+            "logs": ctx.logs.getvalue()[-64 * 1024 :],
+        }
+        return "complete", body
+    except (TaskCanceled, LeaseLost):
+        return "stop", {}
+    except NonRetryable as exc:
+        return "fail", _fail_body(ctx, exc, retryable=False)
+    except Exception as exc:  # the operator's failure is reported, never crashes the worker
+        return "fail", _fail_body(ctx, exc, retryable=True)
+
+
+def run_message(
+    message: dict[str, Any],
+    client: WorkerClient,
+    handler_dirs: list[Path],
+    worker_id: str | None = None,
+) -> dict[str, int]:
+    """Run a queue message (one task or a batch of one node's tasks). Returns counts."""
+    worker_id = worker_id or default_worker_id()
+    refs = message.get("tasks") or [message]
+    counts = {"completed": 0, "failed": 0, "refused": 0, "stopped": 0}
+    if len(refs) == 1:
+        try:
+            leases = [client.fetch_one(refs[0], worker_id)]
+        except ApiError as exc:
+            if exc.status in (404, 409):  # a duplicate delivery, or a task that moved on
+                counts["refused"] = 1
+                return counts
+            raise
+    else:
+        answer = client.fetch(refs, worker_id)
+        leases, counts["refused"] = answer["leases"], len(answer.get("refused", []))
+    if not leases:
+        return counts
+    heartbeat = Heartbeat(client, float(leases[0]["lease"]["heartbeat_interval_s"]))
+    heartbeat.start()
+    resolve: HandlerResolver = lambda spec: load_handler(spec, handler_dirs)  # noqa: E731
+    completes: list[dict[str, Any]] = []
+    fails: list[dict[str, Any]] = []
+    try:
+        for lease in leases:
+            ctx = TaskContext(lease=lease, client=client)
+            heartbeat.watch(ctx)
+            outcome, body = run_lease(ctx, resolve)
+            if outcome == "complete":
+                completes.append(body)
+            elif outcome == "fail":
+                fails.append(body)
+            else:
+                counts["stopped"] += 1
+                heartbeat.forget(ctx)
+        if completes:
+            results = client.complete(completes)["results"]
+            counts["completed"] = sum(1 for r in results if r.get("state") == "succeeded")
+            counts["stopped"] += sum(1 for r in results if "code" in r)
+        if fails:
+            client.fail(fails)
+            counts["failed"] = len(fails)
+    finally:
+        heartbeat.stop()
+    return counts

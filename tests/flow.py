@@ -1,0 +1,87 @@
+"""Helpers to drive the dispatch loop from tests, through the real HTTP API layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.test import APIClient
+
+from apps.dags import services as dag_services
+from apps.orgs.models import Org
+
+
+def chain_config(
+    name: str = "chain",
+    handler: str = "demo_ops:noop",
+    nodes: int = 3,
+    concurrency: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A source and a chain of python operators: a -> b -> c."""
+    config: dict[str, Any] = {
+        "name": name,
+        "nodes": [
+            {
+                "id": "src",
+                "kind": "source",
+                "output": {"dataset": f"{name}.src", "range_type": "int"},
+            }
+        ],
+    }
+    upstream = "src"
+    for i in range(nodes):
+        node_id = f"op{i + 1}"
+        node = {
+            "id": node_id,
+            "kind": "operator",
+            "runtime": "python",
+            "handler": handler,
+            "inputs": [upstream],
+            "output": {"dataset": f"{name}.{node_id}"},
+            "retry": {"max_attempts": 3, "backoff_s": 0, "max_backoff_s": 0},
+        }
+        if concurrency:
+            node["concurrency"] = concurrency
+        config["nodes"].append(node)
+        upstream = node_id
+    return config
+
+
+def deploy(org: Org, config: dict[str, Any]) -> None:
+    dag_services.dag_deploy(org=org, config=config, actor=None)
+
+
+def worker_client(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client
+
+
+def fetch(client: APIClient, message: dict[str, Any], worker: str = "w1") -> Any:
+    return client.post(
+        "/internal/task-fetch",
+        {
+            "task_id": message["task_id"],
+            "dispatch_token": message["dispatch_token"],
+            "worker_id": worker,
+        },
+        format="json",
+    )
+
+
+def complete(client: APIClient, lease: dict[str, Any], rows: int = 0, **extra: Any) -> Any:
+    outputs = []
+    if lease["output"]:
+        outputs = [
+            {
+                "dataset": lease["output"]["dataset"],
+                "files": [
+                    {
+                        "path": lease["output"]["staging"] + "part-0.parquet",
+                        "rows": rows,
+                        "bytes": 10 * rows,
+                    }
+                ],
+            }
+        ]
+    body = {"lease_token": lease["lease"]["token"], "outputs": outputs, **extra}
+    return client.post("/internal/task-complete", body, format="json")

@@ -1,0 +1,367 @@
+"""The dispatch loop in-process: events -> tasks -> leases -> commits -> events downstream."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from apps.datasets.models import Commit
+from apps.orgs import services as org_services
+from apps.tasks import dispatch, reaper
+from apps.tasks.models import Attempt, Event, NodeLane, Task
+from tests.conftest import RecordingAdapter, World
+from tests.flow import chain_config, complete, deploy, fetch, worker_client
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+def chain(world: World, recorder: RecordingAdapter):
+    deploy(world.acme, chain_config())
+    _, key = org_services.worker_key_issue(org=world.acme, name="w")
+    return worker_client(key)
+
+
+def post_event(world: World, key: str = "k1", **fields):
+    body = {
+        "dataset": "chain.src",
+        "idempotency_key": key,
+        "range_start": 0,
+        "range_end": 10,
+        **fields,
+    }
+    return world["operator"].client().post("/v1/events", body, format="json")
+
+
+def test_event_flows_down_the_chain(world: World, chain, recorder: RecordingAdapter):
+    response = post_event(world, payload={"hello": "world"})
+    assert response.status_code == 202
+    [answer] = response.json()["events"]
+    assert answer["created"] is True
+    [message] = recorder.take("op1")
+    assert message["attempt"] == 1
+    lease = fetch(chain, message)
+    assert lease.status_code == 200, lease.json()
+    body = lease.json()
+    assert body["task"]["attempt"] == 1 and body["task"]["max_attempts"] == 3
+    assert body["node"] == {
+        "dag": "chain",
+        "dag_version": 1,
+        "id": "op1",
+        "kind": "operator",
+        "runtime": "python",
+        "handler": "demo_ops:noop",
+        "config": {},
+    }
+    assert body["input"]["event"]["id"] == answer["id"]
+    assert body["input"]["event"]["payload"] == {"hello": "world"}
+    assert body["input"]["event"]["range_start"] == "0"
+    assert body["output"]["dataset"] == "chain.op1" and body["output"]["generation"] == 1
+    assert body["lease"]["heartbeat_interval_s"] == 10
+    assert body["idempotency"] == {"task_id": body["task"]["id"], "attempt": 1}
+    done = complete(chain, body, rows=5)
+    assert done.status_code == 200, done.json()
+    assert done.json()["state"] == "succeeded"
+    output = Event.objects.get(pk=done.json()["event"]["id"])
+    assert output.dataset_id == "chain.op1" and output.commit.version == "1.1"
+    assert output.commit.rows == 5 and (output.range_start, output.range_end) == ("0", "10")
+    task = Task.objects.get(pk=body["task"]["id"])
+    assert task.inputs.count() == 0  # the source event carried no commit
+    [downstream] = recorder.take("op2")
+    second = fetch(chain, downstream).json()
+    assert second["input"]["event"]["version"] == "1.1"
+    assert second["input"]["datasets"][0]["files"] == [body["output"]["staging"] + "part-0.parquet"]
+    complete(chain, second)
+    op2 = Task.objects.get(pk=second["task"]["id"])
+    assert op2.state == "succeeded"
+    lineage = op2.inputs.get()
+    assert (lineage.dataset_id, lineage.generation, lineage.seq_start) == ("chain.op1", 1, 1)
+
+
+def test_second_fetch_is_not_leasable(world: World, chain, recorder: RecordingAdapter):
+    post_event(world)
+    [message] = recorder.take("op1")
+    assert fetch(chain, message).status_code == 200
+    again = fetch(chain, message, worker="w2")
+    assert again.status_code == 409 and again.json()["code"] == "not_leasable"
+    assert Attempt.objects.count() == 1
+
+
+def test_wrong_token_and_other_org_key(world: World, chain, recorder: RecordingAdapter):
+    post_event(world)
+    [message] = recorder.take("op1")
+    forged = {**message, "dispatch_token": "0" * 40}
+    assert fetch(chain, forged).status_code == 409
+    _, other_key = org_services.worker_key_issue(org=world.globex, name="g")
+    assert fetch(worker_client(other_key), message).status_code == 404
+    assert fetch(chain, message).status_code == 200
+
+
+def test_complete_twice_gives_one_commit(world: World, chain, recorder: RecordingAdapter):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    first = complete(chain, lease, rows=3).json()
+    second = complete(chain, lease, rows=3).json()
+    assert first == second
+    assert Commit.objects.filter(dataset__dataset_id="chain.op1").count() == 1
+    assert Event.objects.filter(dataset_id="chain.op1").count() == 1
+
+
+def test_operator_that_writes_nothing_makes_zero_row_commit(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    body = chain.post(
+        "/internal/task-complete", {"lease_token": lease["lease"]["token"]}, format="json"
+    ).json()
+    event = Event.objects.get(pk=body["event"]["id"])
+    assert event.commit.rows == 0 and event.commit.files == []
+    assert Task.objects.filter(node_id="op2").count() == 1
+
+
+def test_failure_retries_with_backoff_then_fails(world, chain, recorder):
+    post_event(world)
+    message = recorder.take("op1")[0]
+    for attempt in (1, 2, 3):
+        lease = fetch(chain, message).json()
+        assert lease["task"]["attempt"] == attempt
+        failed = chain.post(
+            "/internal/task-fail",
+            {
+                "lease_token": lease["lease"]["token"],
+                "error": {"type": "ValueError", "message": "boom", "traceback": "..."},
+                "logs": "line\n" * 3,
+            },
+            format="json",
+        ).json()
+        if attempt < 3:
+            assert failed["state"] == "retry_wait" and failed["next_attempt_at"]
+            assert reaper.release_retries() == 1  # backoff_s is 0 in this DAG
+            [message] = recorder.take("op1")
+            assert message["attempt"] == attempt + 1
+        else:
+            assert failed["state"] == "failed"
+    task = Task.objects.get(node_id="op1")
+    assert task.error["type"] == "ValueError"
+    assert list(task.attempts.values_list("outcome", flat=True)) == ["failed"] * 3
+    assert task.attempts.first().logs == "line\n" * 3
+    # Retry by hand: a new attempt, with max_attempts counted afresh.
+    retried = world["operator"].client().post(f"/v1/tasks/{task.pk}/retry")
+    assert retried.status_code == 200 and retried.json()["state"] in {"pending", "queued"}
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    assert lease["task"]["attempt"] == 4
+    assert complete(chain, lease).json()["state"] == "succeeded"
+
+
+def test_expired_lease_is_reaped_and_retried(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    Task.objects.filter(pk=lease["task"]["id"]).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    beat = chain.post(
+        "/internal/task-heartbeat", {"lease_token": lease["lease"]["token"]}, format="json"
+    )
+    assert beat.status_code == 409 and beat.json()["code"] == "lease_expired"
+    late = complete(chain, lease)
+    assert late.status_code == 409 and late.json()["code"] == "lease_expired"
+    result = reaper.reap_once()
+    assert result.expired == 1 and result.released == 1
+    assert Attempt.objects.get().outcome == "lease_expired"
+    retry = fetch(chain, recorder.take("op1")[0]).json()
+    assert retry["task"]["attempt"] == 2
+    complete(chain, retry)
+    assert Commit.objects.filter(dataset__dataset_id="chain.op1").count() == 1
+
+
+def test_attempt_timeout(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    Task.objects.filter(pk=lease["task"]["id"]).update(
+        deadline_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert reaper.reap_timeouts() == 1
+    assert Attempt.objects.get().outcome == "timed_out"
+    assert Task.objects.get(pk=lease["task"]["id"]).state == "retry_wait"
+
+
+def test_heartbeat_extends_the_lease(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    before = Task.objects.get(pk=lease["task"]["id"]).lease_expires_at
+    beat = chain.post(
+        "/internal/task-heartbeat",
+        {"lease_token": lease["lease"]["token"], "progress": {"done": 1}},
+        format="json",
+    )
+    assert beat.status_code == 200 and beat.json()["cancel"] is False
+    assert Task.objects.get(pk=lease["task"]["id"]).lease_expires_at >= before
+    assert Attempt.objects.get().progress == {"done": 1}
+
+
+def test_cancel_running_task(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    canceled = world["operator"].client().post(f"/v1/tasks/{lease['task']['id']}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["state"] == "canceled"
+    beat = chain.post(
+        "/internal/task-heartbeat", {"lease_token": lease["lease"]["token"]}, format="json"
+    )
+    assert beat.status_code == 200 and beat.json()["cancel"] is True
+    late = complete(chain, lease)
+    assert late.status_code == 409 and late.json()["code"] == "task_canceled"
+    assert not Event.objects.filter(dataset_id="chain.op1").exists()
+    assert not Task.objects.filter(node_id="op2").exists()
+    viewer = world["viewer"].client().post(f"/v1/tasks/{lease['task']['id']}/cancel")
+    assert viewer.status_code == 403
+
+
+def test_cancel_pending_and_cap(world: World, recorder: RecordingAdapter):
+    deploy(world.acme, chain_config(concurrency={"live": 2, "backfill": 1}))
+    for i in range(5):
+        post_event(world, key=f"e{i}")
+    assert len(recorder.take("op1")) == 2  # the cap
+    lane = NodeLane.objects.get(node_id="op1", lane="live")
+    assert (lane.pending, lane.in_flight) == (3, 2)
+    pending = Task.objects.filter(state="pending").first()
+    world["operator"].client().post(f"/v1/tasks/{pending.pk}/cancel")
+    lane.refresh_from_db()
+    assert (lane.pending, lane.in_flight) == (2, 2)
+    assert reaper.reconcile_lanes() == 0  # the counters match the tasks table
+
+
+def test_checkpoint_is_keyed_by_n(world, chain, recorder):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    body = {
+        "lease_token": lease["lease"]["token"],
+        "n": 1,
+        "files": [{"path": lease["output"]["staging"] + "cp-1.parquet", "rows": 2}],
+    }
+    first = chain.post("/internal/events", body, format="json")
+    assert first.status_code == 202 and first.json()["event"]["created"] is True
+    # The worker dies; the retry emits the same checkpoint again.
+    Task.objects.filter(pk=lease["task"]["id"]).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    reaper.reap_once()
+    retry = fetch(chain, recorder.take("op1")[0]).json()
+    again = chain.post(
+        "/internal/events", {**body, "lease_token": retry["lease"]["token"]}, format="json"
+    )
+    assert again.json()["event"] == {"id": first.json()["event"]["id"], "created": False}
+    complete(chain, retry)
+    # Downstream saw the checkpoint once, and the final commit once.
+    assert Task.objects.filter(node_id="op2").count() == 2
+    assert Commit.objects.filter(dataset__dataset_id="chain.op1").count() == 2
+
+
+def test_pause_holds_tasks_and_resume_drains(world, chain, recorder):
+    operator = world["operator"].client()
+    operator.post("/v1/dags/chain/pause", {"node": "op1"}, format="json")
+    events = [
+        {"dataset": "chain.src", "idempotency_key": f"p{i}", "range_start": i, "range_end": i + 1}
+        for i in range(1000)
+    ]
+    response = operator.post("/v1/events", {"events": events}, format="json")
+    assert response.status_code == 202 and len(response.json()["events"]) == 1000
+    assert recorder.take("op1") == []
+    assert Task.objects.filter(node_id="op1", state="pending").count() == 1000
+    operator.post("/v1/dags/chain/resume", {"node": "op1"}, format="json")
+    dispatch.dispatch_until_idle()
+    assert len(recorder.take("op1")) == 32  # the default live cap; the rest wait their turn
+    lane = NodeLane.objects.get(node_id="op1", lane="live")
+    assert (lane.pending, lane.in_flight) == (968, 32)
+
+
+def test_failed_send_returns_tasks_to_pending(world, chain, recorder):
+    recorder.fail_next = 1
+    post_event(world)
+    assert dispatch.dispatch_once() == 0
+    task = Task.objects.get(node_id="op1")
+    assert task.state == "pending" and task.dispatch_count == 1
+    assert dispatch.dispatch_once() == 1
+    [message] = recorder.take("op1")
+    assert fetch(chain, message).status_code == 200
+
+
+def test_dispatcher_crash_after_commit_is_recovered(world, chain, recorder, settings):
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    post_event(world)
+    claims = dispatch.claim()  # committed as queued; the process "dies" before sending
+    assert claims and Task.objects.get(node_id="op1").state == "queued"
+    Task.objects.filter(node_id="op1").update(
+        queued_at=timezone.now() - dt.timedelta(seconds=settings.SLUICE_QUEUED_TIMEOUT_S + 1)
+    )
+    assert reaper.requeue_stale_queued() == 1
+    dispatch.dispatch_once()
+    message = recorder.take("op1")[-1]
+    # The old message (if it ever arrives) is refused: its dispatch token is stale.
+    stale = {**message, "dispatch_token": claims[0].tasks[0].dispatch_token}
+    assert fetch(chain, stale).status_code == 409
+    assert fetch(chain, message).status_code == 200
+
+
+def test_backfill_lane_and_mode(world, chain, recorder):
+    post_event(world, key="b1", mode="backfill")
+    task = Task.objects.get(node_id="op1")
+    assert (task.lane, task.mode) == ("backfill", "backfill")
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    complete(chain, lease)
+    downstream = Task.objects.get(node_id="op2")
+    assert (downstream.lane, downstream.mode) == ("backfill", "backfill")
+
+
+def test_batch_forms(world, chain, recorder):
+    for i in range(3):
+        post_event(world, key=f"b{i}")
+    messages = recorder.take("op1")
+    fetched = chain.post(
+        "/internal/task-fetch",
+        {
+            "tasks": [
+                {"task_id": m["task_id"], "dispatch_token": m["dispatch_token"]} for m in messages
+            ]
+            + [
+                {"task_id": messages[0]["task_id"], "dispatch_token": messages[0]["dispatch_token"]}
+            ],
+            "worker_id": "batch",
+        },
+        format="json",
+    ).json()
+    assert len(fetched["leases"]) == 3
+    assert fetched["refused"] == [{"task_id": messages[0]["task_id"], "code": "not_leasable"}]
+    tokens = [lease["lease"]["token"] for lease in fetched["leases"]]
+    beats = chain.post(
+        "/internal/task-heartbeat", {"items": [{"lease_token": t} for t in tokens]}, format="json"
+    ).json()
+    assert [r["cancel"] for r in beats["results"]] == [False] * 3
+    done = chain.post(
+        "/internal/task-complete",
+        {
+            "items": [
+                {"lease_token": tokens[0]},
+                {"lease_token": tokens[1]},
+                {"lease_token": "nope"},
+            ]
+        },
+        format="json",
+    ).json()["results"]
+    assert [r.get("state") for r in done[:2]] == ["succeeded", "succeeded"]
+    assert done[2]["code"] == "not_found"
+    failed = chain.post(
+        "/internal/task-fail",
+        {"items": [{"lease_token": tokens[2], "retryable": False, "error": {"message": "x"}}]},
+        format="json",
+    ).json()["results"]
+    assert failed[0]["state"] == "failed"
+
+
+def test_ingest_triggers_dispatch_after_commit(
+    world, chain, recorder, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        post_event(world)
+    assert len(callbacks) == 1
+    assert [m["node"] for m in recorder.messages] == ["op1"]
