@@ -15,8 +15,9 @@ def chain_config(
     handler: str = "demo_ops:noop",
     nodes: int = 3,
     concurrency: dict[str, int] | None = None,
+    handlers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A source and a chain of python operators: a -> b -> c."""
+    """A source and a chain of python operators: src -> op1 -> op2 -> …"""
     config: dict[str, Any] = {
         "name": name,
         "nodes": [
@@ -34,7 +35,7 @@ def chain_config(
             "id": node_id,
             "kind": "operator",
             "runtime": "python",
-            "handler": handler,
+            "handler": (handlers or {}).get(node_id, handler),
             "inputs": [upstream],
             "output": {"dataset": f"{name}.{node_id}"},
             "retry": {"max_attempts": 3, "backoff_s": 0, "max_backoff_s": 0},

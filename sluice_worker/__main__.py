@@ -1,0 +1,60 @@
+"""`python -m sluice_worker`: run worker processes against a Sluice API with a key.
+
+    python -m sluice_worker whoami --api-url URL --key KEY
+    python -m sluice_worker run --api-url URL --key KEY --message '{"task_id": …}'
+    python -m sluice_worker run … --message -        (read one JSON message per line of stdin)
+
+The key and URL may also come from SLUICE_WORKER_KEY and SLUICE_API_URL; handlers are found
+in SLUICE_HANDLER_PATH (colon-separated directories, default `examples`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sluice_worker.client import WorkerClient
+from sluice_worker.handlers import handler_dirs
+from sluice_worker.runner import run_message
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sluice_worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["whoami", "run"])
+    parser.add_argument("--api-url", default=os.environ.get("SLUICE_API_URL"))
+    parser.add_argument("--key", default=os.environ.get("SLUICE_WORKER_KEY"))
+    parser.add_argument("--message", help="a queue message as JSON, or - for stdin lines")
+    parser.add_argument("--handler-path", default=os.environ.get("SLUICE_HANDLER_PATH", "examples"))
+    parser.add_argument("--root", default=os.getcwd(), help="base of relative handler paths")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if not args.api_url or not args.key:
+        parser.error("--api-url and --key (or SLUICE_API_URL and SLUICE_WORKER_KEY) are required")
+    client = WorkerClient(args.api_url, args.key)
+    if args.command == "whoami":
+        print(json.dumps(client.whoami()))
+        return 0
+    if not args.message:
+        parser.error("run needs --message")
+    dirs = handler_dirs(args.handler_path, Path(args.root))
+    lines = sys.stdin if args.message == "-" else [args.message]
+    for line in lines:
+        if line.strip():
+            counts = run_message(json.loads(line), client, dirs)
+            print(json.dumps(counts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
