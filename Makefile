@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+DATA_DIR := $(or $(SLUICE_DATA_DIR),data)
+
 demo: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py bootstrap_demo
-	PORT=$(PORT) exec $(BIN)/python manage.py runplatform
+	$(BIN)/python manage.py bootstrap_demo --token-file $(DATA_DIR)/demo-token
+	$(BIN)/python manage.py deploy_dag examples/demo.yaml --org demo
+	PORT=$(PORT) exec $(BIN)/python manage.py runplatform --with-generator
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -74,6 +74,10 @@ def check_handler(spec: str, dirs: list[Path]) -> None:
 def load_handler(spec: str, dirs: list[Path]) -> Callable[..., Any]:
     """Import the module from its file and return the function."""
     path, function = find_handler_file(spec, dirs)
+    # Handlers may import their siblings (`from orders import clean_orders`), as scripts do.
+    for directory in dirs:
+        if str(directory) not in sys.path:
+            sys.path.append(str(directory))
     module_name = f"sluice_handlers.{spec.partition(':')[0]}"
     module = sys.modules.get(module_name)
     if module is None or getattr(module, "__file__", None) != str(path):

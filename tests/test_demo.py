@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,10 +25,16 @@ def _free_port() -> int:
 
 def _get(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=2) as response:
             return int(response.status)
     except OSError:
         return 0
+
+
+def _results(url: str, token: str) -> list[dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return list(json.loads(response.read())["results"])
 
 
 def _group_alive(pgid: int) -> bool:
@@ -60,6 +67,14 @@ def test_make_demo_serves_and_stops(tmp_path: Path):
         assert _get(f"{base}/healthz") == 200, Path(log.name).read_text()
         assert _get(f"{base}/admin/login/") == 200
         assert _get(f"{base}/login/") == 200
+        # The generator posts an event a second; both operators run and write parquet.
+        token = (tmp_path / "demo-token").read_text().strip()
+        url = f"{base}/v1/tasks?node=revenue_by_customer&state=succeeded"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _results(url, token):
+            time.sleep(1)
+        [task, *_] = _results(url, token)
+        assert task["dag"] == "shop" and task["output_event"]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

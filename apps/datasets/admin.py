@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.datasets.models import Dataset
+from apps.datasets.models import Commit, Dataset, Generation
 from apps.orgs.admin_base import OrgScopedAdmin
 
 
@@ -37,3 +37,41 @@ class DatasetAdmin(OrgScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class _ReadOnly:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Generation)
+class GenerationAdmin(_ReadOnly, OrgScopedAdmin):
+    list_display = ("dataset", "number", "last_seq", "dag_version_id", "created_at")
+    list_filter = ("dataset__org",)
+    list_select_related = ("dataset",)
+    search_fields = ("dataset__dataset_id",)
+
+
+@admin.register(Commit)
+class CommitAdmin(_ReadOnly, OrgScopedAdmin):
+    list_display = (
+        "dataset",
+        "version",
+        "range_start",
+        "range_end",
+        "rows",
+        "bytes",
+        "producer_dag",
+        "producer_node",
+        "producer_task_id",
+        "created_at",
+    )
+    list_filter = ("dataset__org",)
+    list_select_related = ("dataset",)
+    search_fields = ("dataset__dataset_id", "=producer_task_id")

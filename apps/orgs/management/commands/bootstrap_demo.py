@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand
@@ -34,6 +35,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--org", default="demo")
         parser.add_argument("--password", help="Password for new users (default: random).")
+        parser.add_argument("--token-file", help="Also write the API token to this file.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         slug = options["org"]
@@ -49,6 +51,10 @@ class Command(BaseCommand):
                 services.membership_add(org=org, user=owner, role=Role.OWNER, actor=None)
             _, token = services.api_token_issue(user=owner, org=org, name="demo")
             _, worker_key = services.worker_key_issue(org=org, name="demo")
+        if options["token_file"]:
+            path = Path(options["token_file"])
+            path.write_text(token)
+            path.chmod(0o600)
         self.stdout.write(
             f"org:         {org.slug}\n"
             f"superuser:   admin / {admin_password}\n"

@@ -28,6 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--celery-concurrency", type=int, default=2)
+        parser.add_argument(
+            "--with-generator",
+            action="store_true",
+            help="Also run examples/generator.py with the token in <data>/demo-token.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         bind = f"{options['host']}:{options['port']}"
@@ -76,6 +81,15 @@ class Command(BaseCommand):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         }
+        if options["with_generator"]:
+            commands["generator"] = [
+                python,
+                str(settings.BASE_DIR / "examples" / "generator.py"),
+                "--api-url",
+                f"http://{bind}",
+                "--token-file",
+                str(settings.DATA_DIR / "demo-token"),
+            ]
         children: dict[str, subprocess.Popen[bytes]] = {}
         stopping = False
 
