@@ -30,11 +30,16 @@ DATA_DIR = Path(env.str("SLUICE_DATA_DIR", default=str(BASE_DIR / "data"))).reso
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _generated_secret(name: str, length: int = 50) -> str:
+def _generated_secret(name: str, length: int = 50, fernet: bool = False) -> str:
     """A per-checkout secret kept in the git-ignored data folder (embedded mode only)."""
     path = DATA_DIR / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(length))
+        if fernet:
+            from cryptography.fernet import Fernet
+
+            path.write_text(Fernet.generate_key().decode())
+        else:
+            path.write_text(secrets.token_urlsafe(length))
         path.chmod(0o600)
         warnings.warn(
             f"Generated a development {name} in the data folder; set it in the environment "
@@ -54,6 +59,17 @@ if PRODUCTION:
 else:
     SECRET_KEY = env.str("SECRET_KEY", default="") or _generated_secret("secret_key")
     SLUICE_POOL_KEY = env.str("SLUICE_POOL_KEY", default="") or _generated_secret("pool_key", 32)
+
+# Fernet keys for secrets at rest, comma-separated, newest first (rotation: prepend a new key,
+# run `manage.py rotate_secret_keys`, then drop the old one).
+if PRODUCTION:
+    SLUICE_SECRET_KEYS: list[str] = env.list("SLUICE_SECRET_KEYS", default=[])
+    if not SLUICE_SECRET_KEYS:
+        raise ImproperlyConfigured("SLUICE_SECRET_KEYS must be set when SLUICE_ENV=production")
+else:
+    SLUICE_SECRET_KEYS = env.list("SLUICE_SECRET_KEYS", default=[]) or [
+        _generated_secret("fernet_key", 0, fernet=True)
+    ]
 
 DEBUG: bool = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS: list[str] = env.list(

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.dags import views as dag_views
 from apps.orgs import views as org_views
 from apps.orgs import web as org_web
+from apps.secrets import views as secret_views
 from apps.tasks import urls as task_urls
 
 handler404 = "apps.orgs.errors.json_404"
@@ -22,6 +23,8 @@ v1 = [
     path("", include("apps.dags.urls")),
     path("", include(task_urls.public)),
     path("tokens", org_views.TokensView.as_view(), name="tokens"),
+    path("secrets", secret_views.SecretsView.as_view(), name="secrets"),
+    path("secrets/<str:name>", secret_views.SecretDetailView.as_view(), name="secret-detail"),
     path("tokens/<uuid:token_id>", org_views.TokenDetailView.as_view(), name="token-detail"),
     path("schema/dag.json", dag_views.dag_schema_view, name="dag-schema"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

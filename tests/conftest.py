@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from apps.orgs import services
 from apps.orgs.models import Org, User
 from apps.orgs.roles import Role
+from apps.secrets import services as secret_services
 from tests.factories import OrgFactory, UserFactory, member
 
 ROLES = [Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.OPERATOR, Role.VIEWER]
@@ -52,6 +53,10 @@ def world(db: None) -> World:
     globex = OrgFactory(slug="globex")
     personas = {role: _persona(acme, role, f"{role}-acme") for role in ROLES}
     outsider = _persona(globex, Role.OWNER, "owner-globex")
+    for org in (acme, globex):  # the alert route of tests.dag_configs.pipeline names it
+        secret_services.secret_put(
+            org=org, name="slack_webhook_url", value="https://hooks.example/x", actor=None
+        )
     return World(acme=acme, globex=globex, personas=personas, outsider=outsider)
 
 

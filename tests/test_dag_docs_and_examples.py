@@ -14,6 +14,7 @@ from django.test import Client
 from apps.dags import services
 from apps.dags.models import Dag
 from apps.dags.schema import dag_json_schema
+from apps.secrets import services as secret_services
 from tests.conftest import World
 from tests.dag_configs import pipeline
 from tests.factories import PASSWORD
@@ -32,6 +33,8 @@ def test_schema_endpoint_and_doc_are_the_schema(db: None):
 
 def test_design_example_validates(world: World):
     config = yaml.safe_load((ROOT / "examples" / "orders.yaml").read_text())
+    for name in ("warehouse_token", "pd_routing_key"):
+        secret_services.secret_put(org=world.acme, name=name, value="v", actor=None)
     if connection.vendor == "sqlite":
         config["nodes"][1]["output"]["backend"] = "parquet"
     result = services.dag_deploy(org=world.acme, config=config, actor=None, dry_run=True)

@@ -11,6 +11,7 @@ from apps.dags import services
 from apps.datasets.models import Dataset
 from apps.orgs.errors import Conflict
 from apps.orgs.models import Org
+from apps.secrets import services as secret_services
 from tests.dag_configs import pipeline
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_concurrent_deploys_one_producer(attempt: int):
     assert connection.vendor == "postgresql", "the full suite runs on PostgreSQL"
     org = Org.objects.create(slug=f"race{attempt}", name="Race")
+    secret_services.secret_put(org=org, name="slack_webhook_url", value="x", actor=None)
     barrier = threading.Barrier(2)
     outcomes: dict[str, str] = {}
 

@@ -270,6 +270,18 @@ CASES: list[tuple[str, Mutation, str, str]] = [
         "unknown key 'bulk'",
     ),
     (
+        "unknown secret",
+        _set(CLEAN, "secrets", ["warehouse_tokn"]),
+        "nodes[1].secrets[0]",
+        "the org has no secret 'warehouse_tokn'",
+    ),
+    (
+        "unknown route secret",
+        lambda c: ALERT(c)["routes"][0].update(secret="pd_key"),
+        "nodes[4].routes[0].secret",
+        "the org has no secret 'pd_key'",
+    ),
+    (
         "bad secret name",
         _set(CLEAN, "secrets", ["Bad-Name"]),
         "nodes[1].secrets[0]",

@@ -32,6 +32,7 @@ def test_check_deploy_is_clean_in_production(tmp_path: Path):
         "SLUICE_ENV": "production",
         "SECRET_KEY": secrets.token_urlsafe(64),
         "SLUICE_POOL_KEY": secrets.token_urlsafe(32),
+        "SLUICE_SECRET_KEYS": "ZmVybmV0LWtleS1mb3ItdGVzdHMtMDAwMDAwMDAwMDA=",
         "ALLOWED_HOSTS": "sluice.example.com",
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
         "SLUICE_DATA_DIR": str(tmp_path),

@@ -17,6 +17,9 @@ class DagsConfig(AppConfig):
     verbose_name = "DAGs"
 
     def ready(self) -> None:
+        from apps.dags.services import secret_references
         from apps.orgs.overview import Panel, overview_panels
+        from apps.secrets.services import reference_finders
 
+        reference_finders.append(secret_references)
         overview_panels.register("dags", Panel("DAGs", "panels/dags.html", _dags_panel, order=10))

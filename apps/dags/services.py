@@ -18,6 +18,7 @@ from apps.dags.schema import MAX_CONFIG_BYTES
 from apps.dags.validation import ValidatedDag, ValidationContext, validate_dag_config
 from apps.orgs.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from apps.orgs.models import Org, User
+from apps.secrets import services as secrets_service
 from sluice_worker.handlers import handler_dirs
 
 
@@ -47,7 +48,7 @@ def validation_context(org: Org) -> ValidationContext:
         catalog=catalog_registry.get(),
         using_sqlite=connection.vendor == "sqlite",
         handler_dirs=handler_dirs(settings.SLUICE_HANDLER_PATH, settings.BASE_DIR),
-        known_secrets=None,
+        known_secrets=secrets_service.known_names(org),
     )
 
 
@@ -267,3 +268,17 @@ def version_diff(version: DagVersion) -> dict[str, list[str]]:
         for n in version.nodes.all()
     }
     return diff_plans(old, new).as_dict()
+
+
+def secret_references(org: Org, name: str) -> list[str]:
+    """`dag/node` of active versions' nodes that name the secret (for secrets' metadata)."""
+    nodes = DagNode.objects.filter(
+        version__dag__org=org, version__state__in=[VersionState.ACTIVE, VersionState.BUILDING]
+    ).select_related("version__dag")
+    found = []
+    for node in nodes:
+        named = set(node.config.get("secrets") or [])
+        named |= {r.get("secret") for r in node.config.get("routes") or []}
+        if name in named:
+            found.append(f"{node.version.dag.name}/{node.node_id}")
+    return found

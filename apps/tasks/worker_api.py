@@ -21,6 +21,7 @@ from apps.datasets.ranges import canonical_range
 from apps.datasets.services import CommitRequest, commits_record
 from apps.orgs.authentication import WorkerPrincipal
 from apps.orgs.errors import Conflict, NotFound, ValidationFailed
+from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
 from apps.tasks.fanout import fan_out
 from apps.tasks.models import Attempt, AttemptOutcome, Event, EventKind, Task, TaskInput, TaskState
@@ -174,7 +175,9 @@ def task_fetch(
             lease_token=lease,
             heartbeat_at=timezone.now(),
         )
-        body = _lease_body(task, node, {})
+        # Only while leased, only the org secrets the node names; each hand-out is audited.
+        handed = secrets_service.handout(task.org, node.get("secrets") or [], task.pk)
+        body = _lease_body(task, node, handed)
     return body
 
 
