@@ -294,3 +294,11 @@ CELERY_BEAT_SCHEDULE.update(
         "reconcile": {"task": "apps.tasks.celery_tasks.reconcile_tick", "schedule": 60.0},
     }
 )
+
+# --- AWS (runtimes ecs and lambda; credentials from the usual AWS chain) ----------------------
+SLUICE_AWS_REGION: str = env.str(
+    "SLUICE_AWS_REGION",
+    default=env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default="us-east-1")),
+)
+# An endpoint override for every AWS client (SQS, Lambda, S3), e.g. a local compatible server.
+SLUICE_AWS_ENDPOINT_URL: str = env.str("SLUICE_AWS_ENDPOINT_URL", default="")

@@ -182,10 +182,13 @@ class TaskContext:
 class Heartbeat(threading.Thread):
     """Extends the leases of running tasks every `interval`; flags cancel and lost leases."""
 
-    def __init__(self, client: WorkerClient, interval: float) -> None:
+    def __init__(
+        self, client: WorkerClient, interval: float, on_beat: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(daemon=True, name="sluice-heartbeat")
         self.client = client
         self.interval = interval
+        self.on_beat = on_beat
         self.contexts: dict[str, TaskContext] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
@@ -223,6 +226,11 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
             self.beat()
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception as exc:  # e.g. SQS unreachable: the lease still holds
+                    logger.warning("heartbeat hook failed: %s", exc)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -244,10 +252,16 @@ def _fail_body(ctx: TaskContext, exc: BaseException, retryable: bool) -> dict[st
     }
 
 
-def run_lease(ctx: TaskContext, resolve: HandlerResolver) -> tuple[str, dict[str, Any]]:
-    """Run one leased task: ("complete", body), ("fail", body) or ("stop", {})."""
+def run_lease(
+    ctx: TaskContext, resolve: HandlerResolver, default_handler: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Run one leased task: ("complete", body), ("fail", body) or ("stop", {}).
+    `default_handler` serves nodes whose handler lives in the image (ecs, lambda)."""
     try:
-        handler = resolve(str(ctx.lease["node"]["handler"]))
+        spec = ctx.lease["node"].get("handler") or default_handler
+        if not spec:
+            raise NonRetryable("the node names no handler and this worker has no --handler")
+        handler = resolve(str(spec))
         result = handler(ctx)
         ctx.checkpoint()
         table = to_table(result, (ctx.output or {}).get("schema"))
@@ -274,8 +288,11 @@ def run_message(
     client: WorkerClient,
     handler_dirs: list[Path],
     worker_id: str | None = None,
+    on_heartbeat: Callable[[], None] | None = None,
+    default_handler: str | None = None,
 ) -> dict[str, int]:
-    """Run a queue message (one task or a batch of one node's tasks). Returns counts."""
+    """Run a queue message (one task or a batch of one node's tasks). Returns counts.
+    `on_heartbeat` runs after each heartbeat (the SQS worker extends visibility there)."""
     worker_id = worker_id or default_worker_id()
     refs = message.get("tasks") or [message]
     counts = {"completed": 0, "failed": 0, "refused": 0, "stopped": 0}
@@ -292,7 +309,9 @@ def run_message(
         leases, counts["refused"] = answer["leases"], len(answer.get("refused", []))
     if not leases:
         return counts
-    heartbeat = Heartbeat(client, float(leases[0]["lease"]["heartbeat_interval_s"]))
+    heartbeat = Heartbeat(
+        client, float(leases[0]["lease"]["heartbeat_interval_s"]), on_beat=on_heartbeat
+    )
     heartbeat.start()
     resolve: HandlerResolver = lambda spec: load_handler(spec, handler_dirs)  # noqa: E731
     completes: list[dict[str, Any]] = []
@@ -301,7 +320,7 @@ def run_message(
         for lease in leases:
             ctx = TaskContext(lease=lease, client=client)
             heartbeat.watch(ctx)
-            outcome, body = run_lease(ctx, resolve)
+            outcome, body = run_lease(ctx, resolve, default_handler)
             if outcome == "complete":
                 completes.append(body)
             elif outcome == "fail":

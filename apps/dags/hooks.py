@@ -15,3 +15,8 @@ pause_changed: list[Callable[[Any], None]] = []
 def notify_pause_changed(dag: Any) -> None:
     for handler in pause_changed:
         handler(dag)
+
+
+# Checks of single nodes that need a higher layer (e.g. the AWS runtimes): node -> problems as
+# (field, message) pairs; the field is relative to the node, e.g. "function".
+node_checks: list[Callable[[dict[str, Any]], list[tuple[str, str]]]] = []

@@ -19,6 +19,7 @@ import duckdb
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from apps.dags import hooks
 from apps.dags import schema as dag_schema
 from apps.dags.catalog import DatasetCatalog
 from apps.orgs.errors import Conflict, FieldError, ValidationFailed
@@ -210,6 +211,9 @@ class _Checker:
         output = node.get("output")
         if isinstance(output, dict):
             self._output(f"{where}.output", output)
+        for check in hooks.node_checks:
+            for field_name, message in check(node):
+                self.error(f"{where}.{field_name}", message)
         if self.ctx.known_secrets is not None:
             for i, name in enumerate(node.get("secrets") or []):
                 if isinstance(name, str) and name not in self.ctx.known_secrets:

@@ -14,6 +14,15 @@ def _tasks_panel(org: Any) -> dict[str, Any]:
     return {"counts": [(label, counts.get(state, 0)) for state, label in TaskState.choices]}
 
 
+def _check_lambda_node(node: dict[str, Any]) -> list[tuple[str, str]]:
+    if node.get("runtime") != "lambda" or not isinstance(node.get("function"), str):
+        return []
+    from apps.tasks.runtimes_aws import lambda_retry_problems
+
+    problem = lambda_retry_problems(node["function"])
+    return [("function", problem)] if problem else []
+
+
 class TasksConfig(AppConfig):
     name = "apps.tasks"
     label = "tasks"
@@ -21,9 +30,14 @@ class TasksConfig(AppConfig):
     def ready(self) -> None:
         from apps.dags import hooks
         from apps.orgs.overview import Panel, overview_panels
+        from apps.tasks.runtimes import runtimes
+        from apps.tasks.runtimes_aws import LambdaAdapter, SqsAdapter
         from apps.tasks.services import sync_lane_pauses
 
         hooks.pause_changed.append(sync_lane_pauses)
+        hooks.node_checks.append(_check_lambda_node)
+        runtimes.register("ecs", SqsAdapter)
+        runtimes.register("lambda", LambdaAdapter)
         overview_panels.register(
             "tasks", Panel("Tasks by state", "panels/tasks.html", _tasks_panel, order=30)
         )
