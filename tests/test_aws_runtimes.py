@@ -160,7 +160,7 @@ def ecs_config(queue: str) -> dict:
 @pytest.fixture
 def cloud(aws: str, live_server, settings) -> Iterator[Cloud]:
     settings.SLUICE_API_URL = live_server.url
-    settings.SLUICE_LEASE_TTL_S = 1.5
+    settings.SLUICE_LEASE_TTL_S = 3.0
     settings.SLUICE_DISPATCH_TRIGGER = "off"
     sqs = _client("sqs", aws)
     name = f"sluice-{uuid.uuid4().hex[:8]}"
