@@ -10,28 +10,23 @@ from django.utils.html import format_html
 
 from apps.dags import services
 from apps.dags.models import Dag, DagNode, DagVersion
-from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline
+from apps.orgs.admin_base import (
+    NoAddDeleteMixin,
+    OrgScopedAdmin,
+    OrgScopedInline,
+    ReadOnlyAdminMixin,
+)
 
 
 def pretty_json(value: Any) -> str:
     return format_html("<pre style='white-space: pre-wrap'>{}</pre>", json.dumps(value, indent=2))
 
 
-class ReadOnlyMixin:
-    """Versions and nodes are immutable records: viewable, never edited in the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Dag)
-class DagAdmin(OrgScopedAdmin):
+class DagAdmin(NoAddDeleteMixin, OrgScopedAdmin):
+    """DAGs are deployed through the API or `manage.py deploy_dag`, and retired through
+    DELETE /v1/dags/{name}; here operators pause, resume and roll back."""
+
     change_perm = "deploy_dags"
     list_display = ("name", "org", "active_number", "state", "paused", "pauses", "last_deploy")
     list_filter = ("org", "paused")
@@ -51,12 +46,6 @@ class DagAdmin(OrgScopedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Dag]:
         return super().get_queryset(request).annotate(last_deploy_at=Max("versions__created_at"))
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # DAGs are deployed through the API or `manage.py deploy_dag`
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # deleting retires the DAG through the service: DELETE /v1/dags/{name}
 
     @admin.display(description="active version")
     def active_number(self, dag: Dag) -> int | None:
@@ -91,14 +80,14 @@ class DagAdmin(OrgScopedAdmin):
         )
 
 
-class DagNodeInline(ReadOnlyMixin, OrgScopedInline):
+class DagNodeInline(ReadOnlyAdminMixin, OrgScopedInline):
     model = DagNode
     fields = ("node_id", "kind", "runtime", "output_dataset", "inputs", "node_hash")
     readonly_fields = fields
 
 
 @admin.register(DagVersion)
-class DagVersionAdmin(ReadOnlyMixin, OrgScopedAdmin):
+class DagVersionAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     list_display = ("dag", "number", "state", "created_by", "created_at", "activated_at")
     list_filter = ("state", "dag__org")
     search_fields = ("dag__name",)

@@ -6,11 +6,11 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from apps.datasets.models import Commit, Dataset, Generation
-from apps.orgs.admin_base import OrgScopedAdmin
+from apps.orgs.admin_base import NoAddDeleteMixin, OrgScopedAdmin, ReadOnlyAdminMixin
 
 
 @admin.register(Dataset)
-class DatasetAdmin(OrgScopedAdmin):
+class DatasetAdmin(NoAddDeleteMixin, OrgScopedAdmin):
     """The registry: written by deploys, read here. Physical names are never edited by hand."""
 
     change_perm = "deploy_dags"
@@ -32,26 +32,9 @@ class DatasetAdmin(OrgScopedAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in Dataset._meta.fields]
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(Generation)
-class GenerationAdmin(_ReadOnly, OrgScopedAdmin):
+class GenerationAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     list_display = ("dataset", "number", "last_seq", "dag_version_id", "created_at")
     list_filter = ("dataset__org",)
     list_select_related = ("dataset",)
@@ -59,7 +42,7 @@ class GenerationAdmin(_ReadOnly, OrgScopedAdmin):
 
 
 @admin.register(Commit)
-class CommitAdmin(_ReadOnly, OrgScopedAdmin):
+class CommitAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     list_display = (
         "dataset",
         "version",

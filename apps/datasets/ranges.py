@@ -7,6 +7,19 @@ import datetime as dt
 from apps.orgs.errors import FieldError, ValidationFailed
 
 
+def parse_timestamp(value: object, path: str) -> dt.datetime:
+    """An RFC 3339 timestamp with a time zone, or a 400 naming `path`."""
+    if not isinstance(value, str):
+        raise ValidationFailed.field(path, "must be an RFC 3339 timestamp string")
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed.field(path, f"{value!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise ValidationFailed.field(path, f"{value!r} has no time zone (add Z or +00:00)")
+    return moment
+
+
 def _parse(range_type: str, value: object, path: str) -> tuple[object, str]:
     """The comparable value and its canonical text."""
     if range_type == "int":
@@ -18,15 +31,7 @@ def _parse(range_type: str, value: object, path: str) -> tuple[object, str]:
             raise ValidationFailed.field(path, f"{value!r} is not an integer") from None
         return number, str(number)
     if range_type == "timestamp":
-        if not isinstance(value, str):
-            raise ValidationFailed.field(path, "must be an RFC 3339 timestamp string")
-        try:
-            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationFailed.field(path, f"{value!r} is not an RFC 3339 timestamp") from None
-        if moment.tzinfo is None:
-            raise ValidationFailed.field(path, f"{value!r} has no time zone (add Z or +00:00)")
-        moment = moment.astimezone(dt.UTC)
+        moment = parse_timestamp(value, path).astimezone(dt.UTC)
         return moment, moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if not isinstance(value, str):
         raise ValidationFailed.field(path, "must be a string")

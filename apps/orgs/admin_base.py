@@ -104,6 +104,33 @@ class OrgScopedAdminMixin:
             )
 
 
+class NoAddDeleteMixin:
+    """Rows that only the platform creates and removes (through its services)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyAdminMixin(NoAddDeleteMixin):
+    """Immutable records: viewable, never edited in the admin."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ActionsOnlyAdminMixin(NoAddDeleteMixin):
+    """Rows changed only by actions that call services: the list allows actions, the detail
+    page is read-only."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)  # type: ignore[misc, no-any-return]
+
+
 class OrgScopedAdmin(OrgScopedAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_per_page = 50
     show_full_result_count = False

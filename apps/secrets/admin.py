@@ -8,7 +8,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline
+from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline, ReadOnlyAdminMixin
 from apps.secrets import services
 from apps.secrets.models import Scope, Secret, SecretAudit, SecretVersion
 
@@ -38,17 +38,11 @@ class SecretForm(forms.ModelForm):  # type: ignore[type-arg]
         return data
 
 
-class SecretVersionInline(OrgScopedInline):
+class SecretVersionInline(ReadOnlyAdminMixin, OrgScopedInline):
     model = SecretVersion
     fields = ("version", "created_by", "created_at")
     readonly_fields = fields
     can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Secret)
@@ -100,17 +94,8 @@ class SecretAdmin(OrgScopedAdmin):
 
 
 @admin.register(SecretAudit)
-class SecretAuditAdmin(OrgScopedAdmin):
+class SecretAuditAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     list_display = ("at", "org", "secret_name", "version", "action", "actor", "task_id")
     list_filter = ("action", "scope", "org")
     search_fields = ("secret_name", "=task_id")
     list_select_related = ("org", "actor")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

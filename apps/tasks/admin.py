@@ -13,19 +13,14 @@ from django.utils.html import format_html
 
 from apps.dags import services as dag_services
 from apps.orgs.access import orgs_with_perm
-from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline
+from apps.orgs.admin_base import (
+    ActionsOnlyAdminMixin,
+    OrgScopedAdmin,
+    OrgScopedInline,
+    ReadOnlyAdminMixin,
+)
 from apps.tasks import selectors, services
 from apps.tasks.models import Attempt, Event, NodeLane, Task, TaskInput
-
-
-class ReadOnlyAdminMixin:
-    """Tasks, events and attempts change only through the platform's own transitions."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _link(obj: Any, label: str | None = None) -> str:
@@ -51,9 +46,6 @@ class AttemptInline(ReadOnlyAdminMixin, OrgScopedInline):
     readonly_fields = fields
     can_delete = False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="logs (last 64 KB)")
     def logs_tail(self, attempt: Attempt) -> str:
         return format_html("<pre style='max-height: 20em; overflow: auto'>{}</pre>", attempt.logs)
@@ -64,12 +56,9 @@ class TaskInputInline(ReadOnlyAdminMixin, OrgScopedInline):
     fields = ("dataset_id", "generation", "seq_start", "seq_end", "event")
     readonly_fields = fields
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(Task)
-class TaskAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
+class TaskAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
     change_perm = "operate_tasks"
     list_display = (
         "id",
@@ -113,9 +102,6 @@ class TaskAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     actions = ("retry", "cancel", "requeue")
     date_hierarchy = None
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
-
     @admin.display(description="DAG")
     def dag_name(self, task: Task) -> str:
         return f"{task.dag_version.dag.name} v{task.dag_version.number}"
@@ -157,7 +143,7 @@ class TaskAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
+class EventAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
     list_display = (
         "id",
         "org",
@@ -194,9 +180,6 @@ class EventAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     )
     exclude = ("commit", "producer_task")
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
-
     @admin.display(description="commit")
     def commit_link(self, event: Event) -> str:
         return _link(event.commit)
@@ -212,7 +195,7 @@ class EventAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
 
 
 @admin.register(NodeLane)
-class NodeLaneAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
+class NodeLaneAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
     """The dispatch counters: what waits, what runs, what is paused or blocked."""
 
     change_perm = "pause_dags"
@@ -245,9 +228,6 @@ class NodeLaneAdmin(ReadOnlyAdminMixin, OrgScopedAdmin):
     )
     exclude = ("priority",)
     actions = ("pause_node_lane", "resume_node_lane", "pause_node", "resume_node")
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False if obj is not None else super().has_change_permission(request, obj)
 
     def _pause(
         self, request: HttpRequest, queryset: QuerySet[NodeLane], paused: bool, whole_node: bool

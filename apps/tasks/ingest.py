@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from apps.dags.models import DagNode, VersionState
 from apps.datasets.models import Dataset
-from apps.datasets.ranges import canonical_range
+from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.orgs.errors import FieldError, ValidationFailed
 from apps.orgs.models import Org
 from apps.tasks.fanout import fan_out
@@ -36,18 +36,6 @@ EVENT_FIELDS = {
 class Ingested:
     event_id: uuid.UUID
     created: bool
-
-
-def _parse_time(value: Any, path: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise ValidationFailed.field(path, "must be an RFC 3339 timestamp string")
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed.field(path, f"{value!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise ValidationFailed.field(path, "needs a time zone (Z or +00:00)")
-    return moment
 
 
 def source_datasets(org: Org, dataset_ids: set[str]) -> dict[str, Dataset]:
@@ -94,7 +82,7 @@ def _event(org: Org, item: Any, path: str, datasets: dict[str, Dataset], now: dt
         dataset.range_type, item.get("range_start"), item.get("range_end"), prefix
     )
     event_time = (
-        _parse_time(item["event_time"], f"{prefix}event_time") if "event_time" in item else now
+        parse_timestamp(item["event_time"], f"{prefix}event_time") if "event_time" in item else now
     )
     return Event(
         org=org,

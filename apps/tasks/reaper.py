@@ -87,13 +87,21 @@ _REAP_FIELDS = (
 )
 
 
+def _locked_batch(limit: int, order: str, **filters: Any) -> list[Task]:
+    """Up to `limit` matching tasks, oldest first on a partial index, locked SKIP LOCKED so
+    that concurrent reapers split the work instead of waiting on each other."""
+    return list(
+        Task.objects.select_for_update(skip_locked=True)
+        .filter(**filters)
+        .only(*_REAP_FIELDS)
+        .order_by(order)[:limit]
+    )
+
+
 def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
     with transaction.atomic():
-        tasks = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(state=TaskState.RUNNING, lease_expires_at__lt=timezone.now())
-            .only(*_REAP_FIELDS)
-            .order_by("lease_expires_at")[:limit]
+        tasks = _locked_batch(
+            limit, "lease_expires_at", state=TaskState.RUNNING, lease_expires_at__lt=timezone.now()
         )
         _end_running(
             tasks,
@@ -105,11 +113,8 @@ def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
 
 def reap_timeouts(limit: int = DEFAULT_LIMIT) -> int:
     with transaction.atomic():
-        tasks = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(state=TaskState.RUNNING, deadline_at__lt=timezone.now())
-            .only(*_REAP_FIELDS)
-            .order_by("deadline_at")[:limit]
+        tasks = _locked_batch(
+            limit, "deadline_at", state=TaskState.RUNNING, deadline_at__lt=timezone.now()
         )
         _end_running(
             tasks,
@@ -121,11 +126,11 @@ def reap_timeouts(limit: int = DEFAULT_LIMIT) -> int:
 
 def release_retries(limit: int = DEFAULT_LIMIT) -> int:
     with transaction.atomic():
-        tasks = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(state=TaskState.RETRY_WAIT, next_attempt_at__lte=timezone.now())
-            .only(*_REAP_FIELDS)
-            .order_by("next_attempt_at")[:limit]
+        tasks = _locked_batch(
+            limit,
+            "next_attempt_at",
+            state=TaskState.RETRY_WAIT,
+            next_attempt_at__lte=timezone.now(),
         )
         lifecycle.task_release_many(tasks)
         if tasks:
@@ -136,12 +141,7 @@ def release_retries(limit: int = DEFAULT_LIMIT) -> int:
 def requeue_stale_queued(limit: int = DEFAULT_LIMIT) -> int:
     cutoff = timezone.now() - dt.timedelta(seconds=settings.SLUICE_QUEUED_TIMEOUT_S)
     with transaction.atomic():
-        tasks = list(
-            Task.objects.select_for_update(skip_locked=True)
-            .filter(state=TaskState.QUEUED, queued_at__lt=cutoff)
-            .only(*_REAP_FIELDS)
-            .order_by("queued_at")[:limit]
-        )
+        tasks = _locked_batch(limit, "queued_at", state=TaskState.QUEUED, queued_at__lt=cutoff)
         lifecycle.task_requeue_many(tasks)
         if tasks:
             dispatch_after_commit()
