@@ -31,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy apps config sluice_worker
 
-test: $(STAMP) lint test-postgres test-sqlite
+test: $(STAMP) lint typecheck test-postgres test-sqlite
 
 test-postgres: $(STAMP)
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest -p no:cacheprovider

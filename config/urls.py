@@ -1,10 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.dags import views as dag_views
+from apps.datasets import views as dataset_views
 from apps.orgs import views as org_views
 from apps.orgs import web as org_web
 from apps.secrets import views as secret_views
@@ -13,7 +14,7 @@ from apps.tasks import urls as task_urls
 handler404 = "apps.orgs.errors.json_404"
 handler500 = "apps.orgs.errors.json_500"
 
-v1 = [
+v1: list[URLPattern | URLResolver] = [
     path("orgs/<slug:slug>/members", org_views.MembersView.as_view(), name="members"),
     path(
         "orgs/<slug:slug>/members/<str:username>",
@@ -23,6 +24,22 @@ v1 = [
     path("", include("apps.dags.urls")),
     path("", include(task_urls.public)),
     path("tokens", org_views.TokensView.as_view(), name="tokens"),
+    path("datasets", dataset_views.DatasetsView.as_view(), name="datasets"),
+    path(
+        "datasets/<str:dataset_id>",
+        dataset_views.DatasetDetailView.as_view(),
+        name="dataset-detail",
+    ),
+    path(
+        "datasets/<str:dataset_id>/commits",
+        dataset_views.DatasetCommitsView.as_view(),
+        name="dataset-commits",
+    ),
+    path(
+        "datasets/<str:dataset_id>/data",
+        dataset_views.DatasetDataView.as_view(),
+        name="dataset-data",
+    ),
     path("secrets", secret_views.SecretsView.as_view(), name="secrets"),
     path("secrets/<str:name>", secret_views.SecretDetailView.as_view(), name="secret-detail"),
     path("tokens/<uuid:token_id>", org_views.TokenDetailView.as_view(), name="token-detail"),
@@ -31,7 +48,7 @@ v1 = [
     path("schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
 ]
 
-internal = [
+internal: list[URLPattern | URLResolver] = [
     path("whoami", org_views.WorkerIdentityView.as_view(), name="internal-whoami"),
     path("", include(task_urls.internal)),
 ]

@@ -49,13 +49,14 @@ def default_worker_id() -> str:
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem for a local path or an s3:// URI (endpoint from the environment)."""
     if uri.startswith("s3://"):
-        endpoint = os.environ.get("SLUICE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = os.environ.get("SLUICE_AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
         kwargs: dict[str, Any] = {}
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        if os.environ.get("AWS_REGION"):
-            kwargs["region"] = os.environ["AWS_REGION"]
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 

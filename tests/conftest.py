@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -13,6 +14,8 @@ from apps.orgs.models import Org, User
 from apps.orgs.roles import Role
 from apps.secrets import services as secret_services
 from tests.factories import OrgFactory, UserFactory, member
+
+pytest_plugins = ["tests.aws_fixtures"]  # moto_endpoint, aws
 
 ROLES = [Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.OPERATOR, Role.VIEWER]
 
@@ -45,6 +48,14 @@ def _persona(org: Org, role: str, username: str) -> Persona:
     user = member(org, role, username)
     _, raw = services.api_token_issue(user=user, org=org, name="test")
     return Persona(user=user, org=org, role=role, token=raw)
+
+
+@pytest.fixture(autouse=True)
+def storage_root(settings, tmp_path: Path) -> Path:
+    """Every test writes its datasets under its own folder."""
+    root = tmp_path / "storage"
+    settings.SLUICE_STORAGE_ROOT = str(root)
+    return root
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rest_framework.test import APIClient
 
 from apps.dags import services as dag_services
@@ -69,20 +72,19 @@ def fetch(client: APIClient, message: dict[str, Any], worker: str = "w1") -> Any
     )
 
 
+def write_output(lease: dict[str, Any], name: str = "part-0.parquet", rows: int = 0) -> dict:
+    """Write a parquet file of `rows` rows under the lease's staging prefix, as a worker does."""
+    path = lease["output"]["staging"] + name
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"n": pa.array(range(rows), pa.int64())}), path)
+    return {"path": path, "rows": rows, "bytes": Path(path).stat().st_size}
+
+
 def complete(client: APIClient, lease: dict[str, Any], rows: int = 0, **extra: Any) -> Any:
     outputs = []
     if lease["output"]:
         outputs = [
-            {
-                "dataset": lease["output"]["dataset"],
-                "files": [
-                    {
-                        "path": lease["output"]["staging"] + "part-0.parquet",
-                        "rows": rows,
-                        "bytes": 10 * rows,
-                    }
-                ],
-            }
+            {"dataset": lease["output"]["dataset"], "files": [write_output(lease, rows=rows)]}
         ]
     body = {"lease_token": lease["lease"]["token"], "outputs": outputs, **extra}
     return client.post("/internal/task-complete", body, format="json")

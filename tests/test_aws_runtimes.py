@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,54 +27,13 @@ from apps.tasks import dispatch, reaper
 from apps.tasks.models import Attempt, Task
 from apps.tasks.runtimes import Dispatched, runtimes
 from apps.tasks.runtimes_aws import LambdaAdapter, SqsAdapter, _queue_url, lambda_retry_problems
+from tests.aws_fixtures import AWS_ENV
 from tests.conftest import RecordingAdapter
 from tests.factories import UserFactory
 from tests.flow import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{url}/moto-api/", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
-
-
-@pytest.fixture
-def aws(moto_endpoint: str, settings, monkeypatch) -> str:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SLUICE_AWS_ENDPOINT_URL", moto_endpoint)
-    settings.SLUICE_AWS_ENDPOINT_URL = moto_endpoint
-    _queue_url.cache_clear()
-    return moto_endpoint
 
 
 def _client(service: str, endpoint: str):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from apps.orgs import services as org_services
 from apps.tasks import dispatch, reaper
 from apps.tasks.models import Attempt, Event, NodeLane, Task
 from tests.conftest import RecordingAdapter, World
-from tests.flow import chain_config, complete, deploy, fetch, worker_client
+from tests.flow import chain_config, complete, deploy, fetch, worker_client, write_output
 
 pytestmark = pytest.mark.smoke
 
@@ -237,7 +237,7 @@ def test_checkpoint_is_keyed_by_n(world, chain, recorder):
     body = {
         "lease_token": lease["lease"]["token"],
         "n": 1,
-        "files": [{"path": lease["output"]["staging"] + "cp-1.parquet", "rows": 2}],
+        "files": [write_output(lease, "cp-1.parquet", rows=2)],
     }
     first = chain.post("/internal/events", body, format="json")
     assert first.status_code == 202 and first.json()["event"]["created"] is True

@@ -16,6 +16,7 @@ from apps.orgs.admin_base import (
     OrgScopedInline,
     ReadOnlyAdminMixin,
 )
+from apps.orgs.api import acting_user
 
 
 def pretty_json(value: Any) -> str:
@@ -75,7 +76,7 @@ class DagAdmin(NoAddDeleteMixin, OrgScopedAdmin):
             request,
             queryset,
             "deploy_dags",
-            lambda d: services.dag_rollback(dag=d, version=None, actor=request.user),
+            lambda d: services.dag_rollback(dag=d, version=None, actor=acting_user(request)),
             "Rolled back",
         )
 

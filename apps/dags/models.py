@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.orgs.fields import OrderedJSONField
 from apps.orgs.models import Org, OrgScopedQuerySet
 
 
@@ -73,7 +74,7 @@ class DagVersion(models.Model):
 
     dag = models.ForeignKey(Dag, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
-    config = models.JSONField()
+    config = OrderedJSONField()
     config_hash = models.CharField(max_length=64)
     state = models.CharField(
         max_length=16, choices=VersionState.choices, default=VersionState.VALIDATED
@@ -118,7 +119,7 @@ class DagNode(models.Model):
     node_id = models.CharField(max_length=63)
     kind = models.CharField(max_length=16)
     runtime = models.CharField(max_length=16, blank=True)
-    config = models.JSONField()
+    config = OrderedJSONField()
     own_hash = models.CharField(max_length=64)
     node_hash = models.CharField(max_length=64)
     inputs = models.JSONField(default=list, help_text="Node ids of this DAG it reads.")

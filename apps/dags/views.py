@@ -23,7 +23,7 @@ from apps.dags.serializers import (
     VersionDetailOutput,
     VersionSummaryOutput,
 )
-from apps.orgs.api import paginate, paginated, request_org
+from apps.orgs.api import acting_user, paginate, paginated, request_org
 from apps.orgs.errors import NotFound
 from apps.orgs.models import Org
 from apps.orgs.parsers import TextYAMLParser, XYAMLParser, YAMLParser
@@ -71,7 +71,7 @@ class DagsView(APIView):
         org = request_org(request, "deploy_dags")
         dry_run = _truthy(request.query_params.get("dry_run"))
         result = services.dag_deploy(
-            org=org, config=request.data, actor=request.user, dry_run=dry_run
+            org=org, config=request.data, actor=acting_user(request), dry_run=dry_run
         )
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         return Response(DeployOutput(result.as_dict()).data, status=code)
@@ -86,7 +86,7 @@ class DagDetailView(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, name: str) -> Response:
         dag = _dag(request, request_org(request, "deploy_dags"), name)
-        services.dag_delete(dag=dag, actor=request.user)
+        services.dag_delete(dag=dag, actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -119,7 +119,7 @@ class DagRollbackView(APIView):
         data = RollbackInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.dag_rollback(
-            dag=dag, version=data.validated_data.get("version"), actor=request.user
+            dag=dag, version=data.validated_data.get("version"), actor=acting_user(request)
         )
         return Response(DagSummaryOutput(_dag(request, dag.org, name)).data)
 

@@ -5,6 +5,7 @@ from typing import ClassVar
 from django.db import models
 from django.utils import timezone
 
+from apps.orgs.fields import OrderedJSONField
 from apps.orgs.models import Org, OrgScopedQuerySet
 
 
@@ -20,7 +21,7 @@ class Dataset(models.Model):
     org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="datasets")
     dataset_id = models.CharField(max_length=128)
     backend = models.CharField(max_length=16, default="parquet")
-    schema = models.JSONField(default=dict, blank=True, help_text="{column: Arrow type}")
+    schema = OrderedJSONField(default=dict, blank=True, help_text="{column: Arrow type}")
     schema_declared = models.BooleanField(default=False)
     range_type = models.CharField(max_length=16, default="timestamp")
     # Empty when no DAG produces the dataset (any more): its data stays, unclaimed.

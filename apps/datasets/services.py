@@ -6,10 +6,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from django.db import IntegrityError, transaction
 
 from apps.datasets.models import Commit, Dataset, Generation
-from apps.orgs.errors import NotFound
+from apps.datasets.storage import FileFacts, evolve_schema, inspect_file, is_under
+from apps.orgs.errors import FieldError, NotFound, ValidationFailed
 from apps.orgs.models import Org
 
 
@@ -22,6 +24,8 @@ class CommitRequest:
     producer_dag: str = ""
     producer_node: str = ""
     producer_task_id: uuid.UUID | None = None
+    # The Arrow schemas of the files, checked against the dataset's schema under its lock.
+    schemas: tuple[pa.Schema, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -57,12 +61,16 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
     by_dataset: dict[str, list[int]] = {}
     for index, request in enumerate(requests):
         by_dataset.setdefault(request.dataset_id, []).append(index)
-    datasets = {d.dataset_id: d for d in Dataset.objects.filter(org=org, dataset_id__in=by_dataset)}
+    datasets = {
+        d.dataset_id: d
+        for d in Dataset.objects.select_for_update().filter(org=org, dataset_id__in=by_dataset)
+    }
     made: list[Commit | None] = [None] * len(requests)
     for dataset_id in sorted(by_dataset):  # a fixed lock order, so two batches never deadlock
         dataset = datasets.get(dataset_id)
         if dataset is None:
             raise NotFound(f"No dataset {dataset_id!r}.")
+        _evolve(dataset, [requests[i] for i in by_dataset[dataset_id]])
         generation = _locked_live_generation(dataset)
         rows = []
         for index in by_dataset[dataset_id]:
@@ -86,3 +94,46 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
         Commit.objects.bulk_create(rows)
         Generation.objects.filter(pk=generation.pk).update(last_seq=generation.last_seq)
     return [c for c in made if c is not None]
+
+
+def _evolve(dataset: Dataset, requests: list[CommitRequest]) -> None:
+    """Apply the schema rules of D2 for the files of `requests` (dataset row locked)."""
+    schema = dict(dataset.schema)
+    for request in requests:
+        for index, file_schema in enumerate(request.schemas):
+            schema = evolve_schema(
+                schema, dataset.schema_declared, file_schema, f"files[{index}].schema"
+            )
+    if schema != dataset.schema:
+        dataset.schema = schema
+        Dataset.objects.filter(pk=dataset.pk).update(schema=schema)
+
+
+def inspect_outputs(files: list[dict[str, Any]], prefix: str, where: str) -> list[FileFacts]:
+    """Check files a worker names before they are committed: they lie under `prefix`, exist,
+    and hold the rows reported. Reads parquet footers only; call it outside transactions."""
+    facts: list[FileFacts] = []
+    errors: list[FieldError] = []
+    for index, item in enumerate(files):
+        path = f"{where}[{index}]"
+        if not is_under(item["path"], prefix):
+            errors.append(FieldError(f"{path}.path", f"must lie under {prefix}"))
+            continue
+        try:
+            fact = inspect_file(item["path"])
+        except (FileNotFoundError, OSError):
+            errors.append(FieldError(f"{path}.path", "no parquet file there"))
+            continue
+        except Exception:  # pyarrow raises ArrowInvalid and friends for a bad footer
+            errors.append(FieldError(f"{path}.path", "not a readable parquet file"))
+            continue
+        reported = item.get("rows")
+        if reported is not None and int(reported) != fact.rows:
+            errors.append(
+                FieldError(f"{path}.rows", f"reports {reported} rows; the file holds {fact.rows}")
+            )
+            continue
+        facts.append(fact)
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.path}: {e.message}" for e in errors), errors=errors)
+    return facts

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -12,10 +12,18 @@ from django.http import HttpRequest
 from apps.orgs import services
 from apps.orgs.access import orgs_with_perm
 from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline
+from apps.orgs.api import acting_user
 from apps.orgs.errors import SluiceError
 from apps.orgs.models import ApiToken, Membership, Org, User, WorkerKey
 
-CREDENTIAL_FIELDS = ("name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at")
+CREDENTIAL_FIELDS: tuple[str, ...] = (
+    "name",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+)
 
 
 @admin.register(User)
@@ -117,16 +125,18 @@ class OrgAdmin(OrgScopedAdmin):
             try:
                 if deleted:
                     if membership.pk:
-                        services.membership_remove(org=org, username=username, actor=request.user)
+                        services.membership_remove(
+                            org=org, username=username, actor=acting_user(request)
+                        )
                         formset.deleted_objects.append(membership)
                 elif membership.pk is None:
                     membership = services.membership_add(
-                        org=org, user=membership.user, role=role, actor=request.user
+                        org=org, user=membership.user, role=role, actor=acting_user(request)
                     )
                     formset.new_objects.append(membership)
                 else:
                     services.membership_change_role(
-                        org=org, username=username, role=role, actor=request.user
+                        org=org, username=username, role=role, actor=acting_user(request)
                     )
                     formset.changed_objects.append((membership, ["role"]))
             except SluiceError as exc:
@@ -152,8 +162,10 @@ class ServiceCheckedForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 class RequestFormMixin:
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
-        form = super().get_form(request, obj, **kwargs)  # type: ignore[misc]
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)  # type: ignore[misc]
         return type(form.__name__, (form,), {"request": request})
 
 
@@ -164,7 +176,7 @@ class MembershipForm(ServiceCheckedForm):
 
     def service_check(self, data: dict[str, Any]) -> None:
         services.membership_add_check(
-            org=data["org"], user=data["user"], role=data["role"], actor=self.request.user
+            org=data["org"], user=data["user"], role=data["role"], actor=acting_user(self.request)
         )
 
 
@@ -188,14 +200,17 @@ class MembershipAdmin(RequestFormMixin, OrgScopedAdmin):
         try:
             if change:
                 services.membership_change_role(
-                    org=obj.org, username=obj.user.username, role=obj.role, actor=request.user
+                    org=obj.org,
+                    username=obj.user.username,
+                    role=obj.role,
+                    actor=acting_user(request),
                 )
                 return
         except SluiceError as exc:
             self.message_user(request, exc.detail, messages.ERROR)
             return
         obj.pk = services.membership_add(
-            org=obj.org, user=obj.user, role=obj.role, actor=request.user
+            org=obj.org, user=obj.user, role=obj.role, actor=acting_user(request)
         ).pk
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
@@ -207,7 +222,7 @@ class MembershipAdmin(RequestFormMixin, OrgScopedAdmin):
             queryset,
             self.change_perm,
             lambda m: services.membership_remove(
-                org=m.org, username=m.user.username, actor=request.user
+                org=m.org, username=m.user.username, actor=acting_user(request)
             ),
             "Removed members",
         )
@@ -216,7 +231,7 @@ class MembershipAdmin(RequestFormMixin, OrgScopedAdmin):
 class CredentialAdmin(OrgScopedAdmin):
     """Issued through the service (the raw value is shown once, in a message); then read-only."""
 
-    list_display = (
+    list_display: tuple[str, ...] = (
         "name",
         "prefix",
         "org",
@@ -227,7 +242,7 @@ class CredentialAdmin(OrgScopedAdmin):
     )
     list_filter = ("org",)
     search_fields = ("name", "prefix")
-    list_select_related = ("org",)
+    list_select_related: ClassVar[tuple[str, ...]] = ("org",)
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke",)
 
@@ -254,7 +269,7 @@ class ApiTokenForm(ServiceCheckedForm):
             user=data["user"],
             org=data["org"],
             expires_at=data.get("expires_at"),
-            actor=self.request.user,
+            actor=acting_user(self.request),
         )
 
 
@@ -278,7 +293,7 @@ class ApiTokenAdmin(RequestFormMixin, CredentialAdmin):
             org=obj.org,
             name=obj.name,
             expires_at=obj.expires_at,
-            actor=request.user,
+            actor=acting_user(request),
         )
         obj.pk = token.pk
         self.message_user(
@@ -293,7 +308,7 @@ class WorkerKeyAdmin(CredentialAdmin):
     def save_model(self, request: HttpRequest, obj: WorkerKey, form: Any, change: bool) -> None:
         if change:
             return
-        key, raw = services.worker_key_issue(org=obj.org, name=obj.name, actor=request.user)
+        key, raw = services.worker_key_issue(org=obj.org, name=obj.name, actor=acting_user(request))
         obj.pk = key.pk
         self.message_user(
             request, f"New worker key (copy it now, it is not shown again): {raw}", messages.WARNING

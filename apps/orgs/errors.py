@@ -33,7 +33,7 @@ class FieldError:
 class SluiceError(Exception):
     """A failure a client can act on. `code` is stable snake_case; `detail` one sentence."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "bad_request"
 
     def __init__(
@@ -138,8 +138,11 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | 
             if isinstance(exc, klass):
                 status_code, code = mapped_status, mapped_code
                 break
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait))
+        if isinstance(exc, drf_exceptions.Throttled):
+            # DRF sets `Throttled.wait` in `__init__`; djangorestframework-stubs omit it.
+            wait: float | None = exc.wait  # type: ignore[attr-defined]
+            if wait is not None:
+                headers["Retry-After"] = str(int(wait))
         if status_code == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
         return Response(error_body(code, str(exc.detail)), status=status_code, headers=headers)

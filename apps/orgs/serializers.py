@@ -29,7 +29,9 @@ class ErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField(help_text="Stable snake_case identifier, e.g. validation_error.")
     detail = serializers.CharField(help_text="One plain sentence.")
-    errors = ErrorItemSerializer(many=True)
+    # DRF's metaclass moves declared fields into `_declared_fields`, so this field does not
+    # replace the `Serializer.errors` property at runtime; mypy cannot see that.
+    errors = ErrorItemSerializer(many=True)  # type: ignore[assignment]
 
 
 class MemberOutput(serializers.ModelSerializer):

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from apps.orgs import services
 from apps.orgs.access import has_org_perm
-from apps.orgs.api import org_from_slug, paginate, paginated, request_org
+from apps.orgs.api import acting_user, org_from_slug, paginate, paginated, request_org
 from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.orgs.models import ApiToken, Membership, Org, User
@@ -52,15 +52,17 @@ class MembersView(APIView):
         data.is_valid(raise_exception=True)
         username, role = data.validated_data["username"], data.validated_data["role"]
         if data.validated_data["service_account"]:
-            user = services.service_account_create(
-                org=org, name=username, role=role, actor=request.user
+            user: User | None = services.service_account_create(
+                org=org, name=username, role=role, actor=acting_user(request)
             )
             membership = Membership.objects.select_related("user").get(org=org, user=user)
         else:
             user = User.objects.filter(username=username).first()
             if user is None:
                 raise ValidationFailed.field("username", f"no user named {username!r}")
-            membership = services.membership_add(org=org, user=user, role=role, actor=request.user)
+            membership = services.membership_add(
+                org=org, user=user, role=role, actor=acting_user(request)
+            )
         return Response(MemberOutput(membership).data, status=status.HTTP_201_CREATED)
 
 
@@ -79,14 +81,14 @@ class MemberDetailView(APIView):
         data = MemberUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         membership = services.membership_change_role(
-            org=org, username=username, role=data.validated_data["role"], actor=request.user
+            org=org, username=username, role=data.validated_data["role"], actor=acting_user(request)
         )
         return Response(MemberOutput(membership).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, slug: str, username: str) -> Response:
         org = org_from_slug(request, slug, "manage_members")
-        services.membership_remove(org=org, username=username, actor=request.user)
+        services.membership_remove(org=org, username=username, actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -109,7 +111,8 @@ class TokensView(APIView):
         org = request_org(request)
         data = TokenCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        user = request.user
+        actor = acting_user(request)
+        user = actor
         username = data.validated_data.get("username")
         if username and username != user.username:
             member = Membership.objects.for_org(org).filter(user__username=username).first()
@@ -123,7 +126,7 @@ class TokensView(APIView):
             org=org,
             name=data.validated_data["name"],
             expires_at=data.validated_data["expires_at"],
-            actor=request.user,
+            actor=actor,
         )
         body = TokenCreatedOutput(token, context={"raw_token": raw}).data
         return Response(body, status=status.HTTP_201_CREATED)

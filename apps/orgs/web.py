@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from apps.orgs.access import has_org_perm
+from apps.orgs.api import acting_user
 from apps.orgs.models import Membership, Org
 from apps.orgs.overview import overview_panels
 
@@ -15,7 +16,9 @@ from apps.orgs.overview import overview_panels
 def org_list(request: HttpRequest) -> HttpResponse:
     orgs = Org.objects.for_user(request.user)
     roles = dict(
-        Membership.objects.filter(user=request.user, org__in=orgs).values_list("org_id", "role")
+        Membership.objects.filter(user=acting_user(request), org__in=orgs).values_list(
+            "org_id", "role"
+        )
     )
     rows = [{"org": org, "role": roles.get(org.pk, "platform staff")} for org in orgs]
     return render(request, "orgs/list.html", {"rows": rows})

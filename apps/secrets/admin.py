@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from apps.orgs.admin_base import OrgScopedAdmin, OrgScopedInline, ReadOnlyAdminMixin
+from apps.orgs.api import acting_user
 from apps.secrets import services
 from apps.secrets.models import Scope, Secret, SecretAudit, SecretVersion
 
@@ -69,9 +70,13 @@ class SecretAdmin(OrgScopedAdmin):
             return
         org = obj.org if obj.org_id else None
         if org is None:
-            secret, _ = services.platform_secret_put(name=obj.name, value=value, actor=request.user)
+            secret, _ = services.platform_secret_put(
+                name=obj.name, value=value, actor=acting_user(request)
+            )
         else:
-            secret, _ = services.secret_put(org=org, name=obj.name, value=value, actor=request.user)
+            secret, _ = services.secret_put(
+                org=org, name=obj.name, value=value, actor=acting_user(request)
+            )
         obj.pk = secret.pk
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
@@ -84,7 +89,7 @@ class SecretAdmin(OrgScopedAdmin):
             request,
             [obj],
             self.change_perm,
-            lambda s: services.secret_delete(org=s.org, name=s.name, actor=request.user),
+            lambda s: services.secret_delete(org=s.org, name=s.name, actor=acting_user(request)),
             "Deleted",
         )
 

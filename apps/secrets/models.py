@@ -63,7 +63,8 @@ class Secret(models.Model):
         ordering = ["scope", "org", "name"]
 
     def __str__(self) -> str:
-        return f"{self.org.slug if self.org_id else 'platform'}:{self.name}"
+        org = self.org if self.org_id else None
+        return f"{org.slug if org is not None else 'platform'}:{self.name}"
 
 
 class SecretVersion(models.Model):

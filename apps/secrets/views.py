@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.orgs.api import paginate, paginated, request_org
+from apps.orgs.api import acting_user, paginate, paginated, request_org
 from apps.orgs.errors import NotFound
 from apps.secrets import services
 from apps.secrets.models import Scope, Secret
@@ -44,7 +44,7 @@ class SecretDetailView(APIView):
         data = SecretInput(data=request.data)
         data.is_valid(raise_exception=True)
         secret, created = services.secret_put(
-            org=org, name=name, value=data.validated_data["value"], actor=request.user
+            org=org, name=name, value=data.validated_data["value"], actor=acting_user(request)
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(SecretOutput(secret).data, status=code)
@@ -52,5 +52,5 @@ class SecretDetailView(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, name: str) -> Response:
         org = request_org(request, "write_secrets")
-        services.secret_delete(org=org, name=name, actor=request.user)
+        services.secret_delete(org=org, name=name, actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)

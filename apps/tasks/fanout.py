@@ -3,7 +3,6 @@ version of the org that consumes the event's dataset."""
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,11 +26,26 @@ class Consumer:
     node: dict[str, Any]
 
 
-@functools.lru_cache(maxsize=4096)
-def _consumers_by_dataset(version_id: int) -> dict[str, tuple[Consumer, ...]]:
-    """dataset id -> consuming nodes of one version. Versions are immutable, so this caches."""
-    version = DagVersion.objects.get(pk=version_id)
-    nodes = version.node_map()
+_CONSUMER_INDEX: dict[tuple[int, str], dict[str, tuple[Consumer, ...]]] = {}
+_CONSUMER_INDEX_SIZE = 4096
+
+
+def _consumers_by_dataset(version: DagVersion) -> dict[str, tuple[Consumer, ...]]:
+    """dataset id -> consuming nodes of one version, cached: versions are immutable.
+
+    Keyed by id *and* content hash: an id can come back (SQLite reuses rowids after a
+    rollback); a content hash cannot point at other nodes."""
+    key = (version.pk, version.config_hash)
+    index = _CONSUMER_INDEX.get(key)
+    if index is None:
+        if len(_CONSUMER_INDEX) >= _CONSUMER_INDEX_SIZE:
+            _CONSUMER_INDEX.clear()
+        index = _CONSUMER_INDEX[key] = _consumer_index(version.pk, version.config)
+    return index
+
+
+def _consumer_index(version_id: int, config: dict[str, Any]) -> dict[str, tuple[Consumer, ...]]:
+    nodes = {node["id"]: node for node in config["nodes"]}
     index: dict[str, list[Consumer]] = {}
     for node in nodes.values():
         if node["kind"] == "sql" and not node.get("materialize"):
@@ -95,7 +109,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
         for version in versions:
             if version.dag.org_id != event.org_id:
                 continue
-            for consumer in _consumers_by_dataset(version.pk).get(event.dataset_id, ()):
+            for consumer in _consumers_by_dataset(version).get(event.dataset_id, ()):
                 lane = _lane(event, version.state)
                 retry = consumer.node.get("retry", {})
                 tasks.append(

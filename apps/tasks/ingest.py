@@ -8,12 +8,21 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from django.db import transaction
 from django.utils import timezone
 
 from apps.dags.models import DagNode, VersionState
 from apps.datasets.models import Dataset
 from apps.datasets.ranges import canonical_range, parse_timestamp
+from apps.datasets.services import CommitRequest, commits_record
+from apps.datasets.storage import (
+    FileFacts,
+    cast_rows,
+    filesystem_for,
+    generation_prefix,
+    write_table,
+)
 from apps.orgs.errors import FieldError, ValidationFailed
 from apps.orgs.models import Org
 from apps.tasks.fanout import fan_out
@@ -21,6 +30,7 @@ from apps.tasks.models import Event, Mode
 from apps.tasks.triggers import dispatch_after_commit
 
 MAX_EVENTS_PER_CALL = 1000
+MAX_ROWS_PER_EVENT = 10_000
 EVENT_FIELDS = {
     "dataset",
     "idempotency_key",
@@ -29,6 +39,7 @@ EVENT_FIELDS = {
     "event_time",
     "mode",
     "payload",
+    "rows",
 }
 
 
@@ -51,7 +62,34 @@ def source_datasets(org: Org, dataset_ids: set[str]) -> dict[str, Dataset]:
     return {d.dataset_id: d for d in Dataset.objects.filter(org=org, dataset_id__in=sources)}
 
 
-def _event(org: Org, item: Any, path: str, datasets: dict[str, Dataset], now: dt.datetime) -> Event:
+@dataclass
+class ParsedEvent:
+    event: Event
+    dataset: Dataset
+    rows: pa.Table | None = None
+    landing: FileFacts | None = None
+
+
+def _rows_table(dataset: Dataset, rows: Any, where: str) -> pa.Table:
+    """The rows cast to the dataset's schema (or, for a first commit without a declared
+    schema, the schema inferred from them)."""
+    if not isinstance(rows, list):
+        raise ValidationFailed.field(where, "must be a list of objects")
+    if len(rows) > MAX_ROWS_PER_EVENT:
+        raise ValidationFailed.field(where, f"at most {MAX_ROWS_PER_EVENT} rows per event")
+    if dataset.schema:
+        return cast_rows(rows, dataset.schema, where)
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValidationFailed.field(where, "each row must be an object")
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValidationFailed.field(where, f"cannot infer a schema from the rows: {exc}") from None
+
+
+def _event(
+    org: Org, item: Any, path: str, datasets: dict[str, Dataset], now: dt.datetime
+) -> ParsedEvent:
     if not isinstance(item, dict):
         raise ValidationFailed.field(path or "body", "an event must be an object")
     prefix = f"{path}." if path else ""
@@ -84,7 +122,8 @@ def _event(org: Org, item: Any, path: str, datasets: dict[str, Dataset], now: dt
     event_time = (
         parse_timestamp(item["event_time"], f"{prefix}event_time") if "event_time" in item else now
     )
-    return Event(
+    rows = _rows_table(dataset, item["rows"], f"{prefix}rows") if "rows" in item else None
+    event = Event(
         org=org,
         dataset_id=dataset.dataset_id,
         mode=mode,
@@ -96,9 +135,10 @@ def _event(org: Org, item: Any, path: str, datasets: dict[str, Dataset], now: dt
         created_at=now,
         fanned_out_at=now,
     )
+    return ParsedEvent(event, dataset, rows)
 
 
-def parse_events(org: Org, body: Any) -> list[Event]:
+def parse_events(org: Org, body: Any) -> list[ParsedEvent]:
     """Validate a body (one event or `{"events": [...]}`); nothing is stored on any error."""
     batch = isinstance(body, dict) and "events" in body
     items = body["events"] if batch else [body]
@@ -125,8 +165,50 @@ def parse_events(org: Org, body: Any) -> list[Event]:
     return events
 
 
+def _write_landing(parsed: list[ParsedEvent]) -> None:
+    """Write source rows as parquet under the live generation's landing prefix, before any
+    transaction: a file nobody commits is invisible, and collected as an orphan."""
+    for item in parsed:
+        if item.rows is not None:
+            prefix = generation_prefix(item.dataset, item.dataset.live_generation)
+            item.landing = write_table(item.rows, f"{prefix}/_landing/{item.event.pk}.parquet")
+
+
+def _commit_landed(org: Org, created: list[Event], landed: dict[uuid.UUID, ParsedEvent]) -> None:
+    """Record the commits of the created events that carry rows, and point them at it."""
+    with_rows = [e for e in created if e.pk in landed]
+    requests = []
+    for event in with_rows:
+        facts = landed[event.pk].landing
+        assert facts is not None
+        requests.append(
+            CommitRequest(
+                dataset_id=event.dataset_id,
+                files=[{"path": facts.path, "rows": facts.rows, "bytes": facts.bytes}],
+                range_start=event.range_start,
+                range_end=event.range_end,
+                producer_dag=landed[event.pk].dataset.producer_dag,
+                producer_node=landed[event.pk].dataset.producer_node,
+                schemas=(facts.schema,),
+            )
+        )
+    for event, commit in zip(with_rows, commits_record(org, requests), strict=True):
+        event.commit = commit
+    Event.objects.bulk_update(with_rows, ["commit"])
+
+
+def _remove_orphans(parsed: list[ParsedEvent], created_ids: set[uuid.UUID]) -> None:
+    for item in parsed:
+        if item.landing is not None and item.event.pk not in created_ids:
+            filesystem, path = filesystem_for(item.landing.path)
+            filesystem.delete_file(path)
+
+
 def events_ingest(org: Org, body: Any) -> list[Ingested]:
-    events = parse_events(org, body)
+    parsed = parse_events(org, body)
+    _write_landing(parsed)
+    landed = {item.event.pk: item for item in parsed if item.landing is not None}
+    events = [item.event for item in parsed]
     keyed: dict[tuple[str, str], Event] = {}
     fresh: list[Event] = []
     answers: list[tuple[Event, tuple[str, str] | None]] = []
@@ -147,9 +229,11 @@ def events_ingest(org: Org, body: Any) -> list[Ingested]:
             for e in fresh
             if not e.idempotency_key or stored.get((e.dataset_id, e.idempotency_key)) == e.pk
         ]
+        _commit_landed(org, created, landed)
         fan_out(created, mark=False)
         dispatch_after_commit()
     created_ids = {e.pk for e in created}
+    _remove_orphans(parsed, created_ids)
     results = []
     seen: set[uuid.UUID] = set()
     for event, key in answers:

@@ -111,7 +111,7 @@ class TaskFetchView(InternalView):
 
 class _ItemView(InternalView):
     call: Callable[[WorkerPrincipal, dict[str, Any]], dict[str, Any]]
-    single_status = status.HTTP_200_OK
+    single_status: int = status.HTTP_200_OK
 
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:

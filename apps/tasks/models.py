@@ -257,7 +257,11 @@ class NodeLane(models.Model):
     blocked = models.CharField(max_length=200, blank=True, help_text="Why it cannot dispatch.")
     dispatched_at = models.DateTimeField(default=timezone.now, help_text="Last served.")
     runnable = models.GeneratedField(
-        expression=Q(paused=False) & Q(blocked="") & Q(pending__gt=0) & Q(in_flight__lt=F("cap")),
+        # Django resolves a Q as a boolean expression here; django-stubs accept only Expression.
+        expression=Q(paused=False)  # type: ignore[arg-type]
+        & Q(blocked="")
+        & Q(pending__gt=0)
+        & Q(in_flight__lt=F("cap")),
         output_field=models.BooleanField(),
         db_persist=True,
     )

@@ -55,7 +55,7 @@ def _error_code(exc: Exception) -> str:
     return ""
 
 
-def with_throttle_retries(call: Callable[[], Any], attempts: int = 4) -> Any:
+def with_throttle_retries(call: Callable[..., Any], attempts: int = 4) -> Any:
     """Retry a call on throttling with exponential backoff; other errors raise at once."""
     for attempt in range(attempts):
         try:

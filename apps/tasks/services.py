@@ -68,7 +68,8 @@ def task_requeue(task: Task) -> Task:
 def sync_lane_pauses(dag: Dag) -> None:
     """Mirror the DAG's pauses onto its counter rows (runs inside the pause transaction)."""
     lanes = NodeLane.objects.filter(dag_version__dag=dag).only("id", "node_id", "lane", "paused")
-    to_pause, to_resume = [], []
+    to_pause: list[int] = []
+    to_resume: list[int] = []
     for lane in lanes:
         paused = dag.is_paused(lane.node_id, lane.lane)
         if paused != lane.paused:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ from django.utils import timezone
 
 from apps.datasets.models import Dataset
 from apps.datasets.ranges import canonical_range
-from apps.datasets.services import CommitRequest, commits_record
+from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
+from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
 from apps.orgs.errors import Conflict, NotFound, ValidationFailed
 from apps.secrets import services as secrets_service
@@ -52,6 +54,11 @@ def _tail(text: str | None) -> str:
     return raw[-LOG_LIMIT_BYTES:].decode("utf-8", "ignore")
 
 
+def _may_act_for(principal: WorkerPrincipal, org_id: int) -> bool:
+    """The pool key acts for every org; an org's worker key only for that org."""
+    return principal.org is None or principal.org.pk == org_id
+
+
 def _scoped_tasks(principal: WorkerPrincipal) -> Any:
     tasks = Task.objects.all()
     return tasks if principal.is_pool else tasks.filter(org=principal.org)
@@ -61,9 +68,8 @@ def _node(task: Task) -> dict[str, Any]:
     return task.dag_version.node_map()[task.node_id]
 
 
-def _staging(dataset: Dataset, generation: int, task: Task) -> str:
-    root = str(settings.SLUICE_STORAGE_ROOT).rstrip("/")
-    return f"{root}/{dataset.storage_prefix}/g{generation}/_staging/{task.pk}/{task.attempt}/"
+def _staging(dataset: Dataset, generation: int, task_id: uuid.UUID, attempt: int) -> str:
+    return f"{generation_prefix(dataset, generation)}/_staging/{task_id}/{attempt}/"
 
 
 def event_body(event: Event) -> dict[str, Any]:
@@ -103,7 +109,7 @@ def _lease_body(task: Task, node: dict[str, Any], secrets_for_task: dict[str, st
             "backend": dataset.backend,
             "generation": dataset.live_generation,
             "schema": dataset.schema,
-            "staging": _staging(dataset, dataset.live_generation, task),
+            "staging": _staging(dataset, dataset.live_generation, task.pk, task.attempt),
         }
     node_body: dict[str, Any] = {
         "dag": task.dag_version.dag.name,
@@ -196,7 +202,7 @@ def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttem
         .select_related("task")
         .first()
     )
-    if attempt is None or (not principal.is_pool and attempt.task.org_id != principal.org.pk):
+    if attempt is None or not _may_act_for(principal, attempt.task.org_id):
         raise NotFound("No attempt holds this lease token.")
     task = (
         Task.objects.select_for_update(of=("self",))
@@ -285,12 +291,13 @@ def _output_files(node: dict[str, Any], outputs: Any) -> list[dict[str, Any]]:
 def _emit(
     task: Task,
     node: dict[str, Any],
-    files: list[dict],
+    facts: list[FileFacts],
     range_: tuple[str, str],
     payload: dict[str, Any],
     checkpoint_n: int,
 ) -> Event | None:
-    """Record a commit of `files` and its one data event; fan it out (caller's transaction)."""
+    """Record a commit of the checked files and its one data event, and fan it out, in the
+    caller's transaction."""
     output = node.get("output")
     if not output:
         return None
@@ -299,7 +306,8 @@ def _emit(
         [
             CommitRequest(
                 dataset_id=output["dataset"],
-                files=files,
+                files=[{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in facts],
+                schemas=tuple(f.schema for f in facts),
                 range_start=range_[0],
                 range_end=range_[1],
                 producer_dag=task.dag_version.dag.name,
@@ -329,6 +337,27 @@ def task_checkpoint(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[st
     n = body.get("n")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValidationFailed.field("n", "must be an integer ≥ 1")
+    token = body.get("lease_token")
+    repeat = Event.objects.filter(
+        producer_task__attempts__lease_token=token, checkpoint_n=n
+    ).exists()
+    # A repeated n is answered with the original below, under the lock; its files are an
+    # earlier attempt's, so they are not checked again.
+    facts = (
+        []
+        if repeat
+        else _checked_files(
+            principal,
+            token,
+            "files",
+            lambda node: [
+                {
+                    "dataset": (node.get("output") or {}).get("dataset"),
+                    "files": body.get("files") or [],
+                }
+            ],
+        )
+    )
     with transaction.atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
         task = leased.task
@@ -337,21 +366,41 @@ def task_checkpoint(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[st
         if existing is not None:
             return {"task_id": str(task.pk), "event": {"id": str(existing.pk), "created": False}}
         node = _node(task)
-        files = _output_files(
-            node,
-            [
-                {
-                    "dataset": (node.get("output") or {}).get("dataset"),
-                    "files": body.get("files") or [],
-                }
-            ],
-        )
         dataset = _output_dataset(task, node)
-        event = _emit(task, node, files, _range(task, body, dataset), body.get("payload") or {}, n)
+        event = _emit(task, node, facts, _range(task, body, dataset), body.get("payload") or {}, n)
         dispatch_after_commit()
     if event is None:
         raise ValidationFailed.field("n", "this node has no output dataset to checkpoint")
     return {"task_id": str(task.pk), "event": {"id": str(event.pk), "created": True}}
+
+
+def _checked_files(
+    principal: WorkerPrincipal,
+    lease_token: Any,
+    where: str,
+    outputs_of: Callable[[dict[str, Any]], Any],
+) -> list[FileFacts]:
+    """Check the files a worker names (under its staging prefix, present, rows as reported)
+    before any lock is taken: reading parquet footers is I/O, possibly on S3. The locked
+    transaction then re-checks the lease, so a check for a lease that is gone commits
+    nothing."""
+    attempt = (
+        Attempt.objects.select_related("task__dag_version").filter(lease_token=lease_token).first()
+        if isinstance(lease_token, str) and lease_token
+        else None
+    )
+    if attempt is None or attempt.outcome or attempt.task.state != TaskState.RUNNING:
+        return []  # the locked path answers 404 or 409, or repeats a finished answer
+    task = attempt.task
+    if not _may_act_for(principal, task.org_id):
+        return []
+    node = _node(task)
+    files = _output_files(node, outputs_of(node))
+    dataset = _output_dataset(task, node)
+    if dataset is None:
+        return []
+    prefix = _staging(dataset, dataset.live_generation, task.pk, attempt.number)
+    return inspect_outputs(files, prefix, where)
 
 
 def _output_dataset(task: Task, node: dict[str, Any]) -> Dataset | None:
@@ -369,6 +418,9 @@ def _complete_answer(task: Task) -> dict[str, Any]:
 def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
     """Commit the attempt's output, succeed the task and emit one data event, atomically.
     The same call again answers the same; after expiry or cancel it is refused."""
+    facts = _checked_files(
+        principal, body.get("lease_token"), "outputs[0].files", lambda node: body.get("outputs")
+    )
     with transaction.atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
         task, attempt = leased.task, leased.attempt
@@ -376,10 +428,9 @@ def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str,
             return _complete_answer(task)
         _require_live_lease(leased)
         node = _node(task)
-        files = _output_files(node, body.get("outputs"))
         dataset = _output_dataset(task, node)
         range_ = _range(task, body, dataset)
-        event = _emit(task, node, files, range_, body.get("payload") or {}, 0)
+        event = _emit(task, node, facts, range_, body.get("payload") or {}, 0)
         commit = task.event.commit
         if commit is not None:
             TaskInput.objects.create(

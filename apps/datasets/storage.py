@@ -1,0 +1,192 @@
+"""Parquet storage under the storage root: a local folder, or `s3://bucket/prefix` through
+pyarrow's S3 filesystem (endpoint overridable, so any S3-compatible server works).
+
+Layout (D2): `<root>/<org>/<dataset id with . as />/g<generation>/…`; workers write under
+`…/_staging/<task>/<attempt>/`, sources under `…/_landing/…`, and a commit points at the files
+where they lie (S3 has no atomic rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from django.conf import settings
+
+from apps.datasets.models import Dataset
+from apps.orgs.errors import FieldError, ValidationFailed
+from sluice_worker.arrow_types import arrow_schema, parse_arrow_type
+
+
+def storage_root() -> str:
+    return str(settings.SLUICE_STORAGE_ROOT).rstrip("/")
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and in-filesystem path of a local path or an s3:// URI."""
+    if uri.startswith("s3://"):
+        endpoint = settings.SLUICE_AWS_ENDPOINT_URL
+        kwargs: dict[str, object] = {"region": settings.SLUICE_AWS_REGION}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host, scheme=scheme)
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID")
+        if access_key:
+            kwargs.update(
+                access_key=access_key, secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+            )
+        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def generation_prefix(dataset: Dataset, generation: int) -> str:
+    return f"{storage_root()}/{dataset.storage_prefix}/g{generation}"
+
+
+def is_under(uri: str, prefix: str) -> bool:
+    """Whether `uri` lies under `prefix`, with no `..` tricks."""
+    if uri.startswith("s3://") != prefix.startswith("s3://"):
+        return False
+    if uri.startswith("s3://"):
+        return ".." not in uri.split("/") and uri.startswith(prefix.rstrip("/") + "/")
+    path, base = os.path.abspath(uri), os.path.abspath(prefix)
+    return path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    path: str
+    rows: int
+    bytes: int
+    schema: pa.Schema
+
+
+def inspect_file(uri: str) -> FileFacts:
+    """Row count, size and schema from the parquet footer (the data is not read)."""
+    filesystem, path = filesystem_for(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(uri)
+    with filesystem.open_input_file(path) as handle:
+        metadata = pq.ParquetFile(handle).metadata
+        schema = metadata.schema.to_arrow_schema()
+        rows = metadata.num_rows
+    return FileFacts(uri, rows, int(info.size or 0), schema)
+
+
+def type_name(data_type: pa.DataType) -> str:
+    """The config spelling of an Arrow type (round-trips through parse_arrow_type)."""
+    if pa.types.is_timestamp(data_type):
+        unit, tz = data_type.unit, data_type.tz
+        return f"timestamp[{unit}, tz={tz}]" if tz else f"timestamp[{unit}]"
+    if pa.types.is_large_string(data_type):
+        return "large_string"
+    if pa.types.is_list(data_type):
+        return f"list<{type_name(data_type.value_type)}>"
+    if pa.types.is_decimal(data_type):
+        return f"decimal128({data_type.precision}, {data_type.scale})"
+    text = str(data_type)
+    return {"date32[day]": "date32", "date64[ms]": "date64"}.get(text, text)
+
+
+def evolve_schema(
+    current: dict[str, str], declared: bool, incoming: pa.Schema, where: str
+) -> dict[str, str]:
+    """The dataset schema after a commit with `incoming` (D2): the first commit fixes an
+    undeclared schema; later commits may add nullable columns; anything else names the column."""
+    if not current:
+        return {field.name: type_name(field.type) for field in incoming}
+    expected = arrow_schema(current)
+    errors: list[FieldError] = []
+    for field in incoming:
+        if field.name not in current:
+            if declared:
+                errors.append(
+                    FieldError(
+                        f"{where}.{field.name}", "column not in the dataset's declared schema"
+                    )
+                )
+            elif not field.nullable:
+                errors.append(FieldError(f"{where}.{field.name}", "a new column must be nullable"))
+            continue
+        if not field.type.equals(expected.field(field.name).type):
+            errors.append(
+                FieldError(
+                    f"{where}.{field.name}",
+                    f"is {type_name(field.type)}; the dataset has {current[field.name]}",
+                )
+            )
+    names = set(incoming.names)
+    for name in current:
+        if name not in names:
+            errors.append(FieldError(f"{where}.{name}", "column missing from the file"))
+    if errors:
+        raise ValidationFailed("; ".join(f"{e.path}: {e.message}" for e in errors), errors=errors)
+    added = {f.name: type_name(f.type) for f in incoming if f.name not in current}
+    return {**current, **added}
+
+
+def cast_rows(rows: list[object], schema: dict[str, str], where: str) -> pa.Table:
+    """JSON records as a table of the dataset's schema; a value that cannot be cast is a 400
+    naming the row and the column."""
+    columns: dict[str, list[object]] = {name: [] for name in schema}
+    errors: list[FieldError] = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            errors.append(FieldError(f"{where}[{index}]", "a row must be an object"))
+            continue
+        for name in sorted(set(row) - set(schema)):
+            errors.append(FieldError(f"{where}[{index}].{name}", "column not in the schema"))
+        for name in schema:
+            columns[name].append(row.get(name))
+    if errors:
+        raise ValidationFailed(errors[0].message, errors=errors[:50])
+    arrays = []
+    for name, type_text in schema.items():
+        target = parse_arrow_type(type_text)
+        try:
+            arrays.append(_cast_column(columns[name], target))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+            index = _first_bad(columns[name], target)
+            raise ValidationFailed.field(
+                f"{where}[{index}].{name}",
+                f"{columns[name][index]!r} cannot be cast to {type_text}",
+            ) from None
+    return pa.Table.from_arrays(arrays, schema=arrow_schema(schema))
+
+
+def _cast_column(values: list[object], target: pa.DataType) -> pa.Array:
+    if pa.types.is_timestamp(target) and any(isinstance(v, str) for v in values):
+        return pa.array(values, pa.string()).cast(target)
+    return pa.array(values, type=target)
+
+
+def _first_bad(values: list[object], target: pa.DataType) -> int:
+    for index, value in enumerate(values):
+        try:
+            _cast_column([value], target)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+            return index
+    return 0
+
+
+def write_table(table: pa.Table, uri: str) -> FileFacts:
+    filesystem, path = filesystem_for(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=filesystem)
+    info = filesystem.get_file_info(path)
+    return FileFacts(uri, table.num_rows, int(info.size or 0), table.schema)
+
+
+def read_batches(
+    uris: list[str], columns: list[str] | None = None, batch_rows: int = 10_000
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of the files in order, never the whole dataset in memory."""
+    for uri in uris:
+        filesystem, path = filesystem_for(uri)
+        with filesystem.open_input_file(path) as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)

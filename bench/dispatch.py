@@ -1,0 +1,823 @@
+"""Sluice dispatch benchmark: ingest, fan-out, claims, end-to-end, latency, reaper, scale.
+
+    .venv/bin/python bench/dispatch.py [--events N] [--workers W] [--scale]
+
+It recreates the database named in --database-url (default sluice_bench), migrates it, sets
+up an org, an operator and an API token, deploys chains of no-op python operators
+(`demo_ops:noop`), starts the real processes (gunicorn, `manage.py dispatch --loop`,
+`manage.py reap --loop`, a Celery worker over Redis db 14), and prints each figure with its
+unit. Every child process is bounded by `timeout` and stopped before the script ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._benchutil import (
+    PYTHON,
+    ROOT,
+    JsonClient,
+    Processes,
+    free_port,
+    percentile,
+    wait_http,
+)
+
+console = Console()
+BROKER = "redis://127.0.0.1:6379/14"
+SECRET_KEY = "bench-secret-key-not-for-production-0123456789abcdefghijklmnop"
+POOL_KEY = "bench-pool-key-0123456789"
+CAPS = {"live": 1000, "backfill": 100}
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def add(self, name: str, value: float, unit: str, target: str = "") -> None:
+        shown = f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+        self.rows.append((name, shown, unit, target))
+        console.print(
+            f"[bold]{name}[/]: {shown} {unit}" + (f"  (target {target})" if target else "")
+        )
+
+    def table(self) -> Table:
+        table = Table(title="Sluice dispatch benchmark")
+        for column in ("measure", "value", "unit", "target"):
+            table.add_column(column)
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+RESULTS = Results()
+DEATHS: list[str] = []
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def chain_config(name: str, nodes: int = 3) -> dict[str, Any]:
+    """A source and a chain of no-op python operators: src -> op1 -> op2 -> …"""
+    config: dict[str, Any] = {
+        "name": name,
+        "nodes": [
+            {
+                "id": "src",
+                "kind": "source",
+                "output": {"dataset": f"{name}.src", "range_type": "int"},
+            }
+        ],
+    }
+    upstream = "src"
+    for i in range(1, nodes + 1):
+        config["nodes"].append(
+            {
+                "id": f"op{i}",
+                "kind": "operator",
+                "runtime": "python",
+                "handler": "demo_ops:noop",
+                "inputs": [upstream],
+                "output": {"dataset": f"{name}.op{i}"},
+                "retry": {"max_attempts": 3, "backoff_s": 0, "max_backoff_s": 0},
+                "concurrency": CAPS,
+            }
+        )
+        upstream = f"op{i}"
+    return config
+
+
+@dataclass
+class Setup:
+    org: Any
+    token: str
+
+
+def setup_org() -> Setup:
+    from apps.orgs import services
+    from apps.orgs.models import User
+
+    org = services.org_create(slug="bench", name="Bench")
+    user = User.objects.create_user(username="bench-operator", password=None)
+    services.membership_add(org=org, user=user, role="operator", actor=None)
+    _, token = services.api_token_issue(user=user, org=org, name="bench")
+    return Setup(org, token)
+
+
+def deploy(org: Any, name: str, nodes: int = 3) -> int:
+    from apps.dags.models import DagVersion
+    from apps.dags.services import dag_deploy
+
+    dag_deploy(org=org, config=chain_config(name, nodes), actor=None)
+    return int(DagVersion.objects.get(dag__org=org, dag__name=name, state="active").pk)
+
+
+def event(dag: str, key: str, i: int) -> dict[str, Any]:
+    return {"dataset": f"{dag}.src", "idempotency_key": key, "range_start": i, "range_end": i + 1}
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+# --- the platform's processes ---------------------------------------------------------------
+
+
+@dataclass
+class Platform:
+    port: int
+    env: dict[str, str]
+    log_dir: Path
+    max_seconds: int
+
+    @contextmanager
+    def running(
+        self,
+        *,
+        web_workers: int,
+        dispatchers: int,
+        celery_concurrency: int,
+        trigger: str,
+        dispatch_batch: int | None = None,
+    ) -> Iterator[Processes]:
+        """Start web, dispatcher(s), a reaper and a Celery worker; stop them all on exit."""
+        import redis
+
+        redis.Redis.from_url(BROKER).flushdb()
+        procs = Processes(self.env, self.log_dir, self.max_seconds)
+        web_env = {"SLUICE_DISPATCH_TRIGGER": trigger}
+        try:
+            procs.start(
+                "web",
+                [
+                    str(ROOT / ".venv/bin/gunicorn"),
+                    "config.wsgi:application",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(web_workers),
+                    "--threads",
+                    "4",
+                ],
+                web_env,
+            )
+            for i in range(dispatchers):
+                if dispatch_batch is None:
+                    cmd = [PYTHON, "manage.py", "dispatch", "--loop", "--idle-sleep", "0.05"]
+                else:
+                    cmd = [
+                        PYTHON,
+                        "bench/_dispatch_loop.py",
+                        "--batch",
+                        str(dispatch_batch),
+                        "--seconds",
+                        str(self.max_seconds),
+                    ]
+                procs.start(f"dispatch{i}", cmd)
+            procs.start("reap", [PYTHON, "manage.py", "reap", "--loop", "--idle-sleep", "1.0"])
+            if celery_concurrency:
+                procs.start(
+                    "celery",
+                    [
+                        PYTHON,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "config",
+                        "worker",
+                        "-c",
+                        str(celery_concurrency),
+                        "--loglevel",
+                        "WARNING",
+                        "--without-mingle",
+                        "--without-gossip",
+                        "--without-heartbeat",
+                        "-n",
+                        "bench@%h",
+                    ],
+                )
+            wait_http(self.port)
+            yield procs
+        finally:
+            procs.stop_all()
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+def post_concurrently(
+    port: int, token: str, bodies: list[Any], clients: int, label: str
+) -> tuple[float, list[float], list[Any]]:
+    """POST every body to /v1/events from `clients` threads; (seconds, latencies, answers)."""
+    counter = itertools.count()
+    latencies: list[float] = [0.0] * len(bodies)
+    answers: list[Any] = [None] * len(bodies)
+    errors: list[str] = []
+
+    def work() -> None:
+        client = JsonClient(port, token)
+        try:
+            while True:
+                i = next(counter)
+                if i >= len(bodies):
+                    return
+                start = time.perf_counter()
+                status, answer = client.post("/v1/events", bodies[i])
+                latencies[i] = time.perf_counter() - start
+                if status != 202:
+                    errors.append(f"{status} {answer}")
+                answers[i] = answer
+                bar.advance(task)
+        finally:
+            client.close()
+
+    with progress() as bar:
+        task = bar.add_task(label, total=len(bodies))
+        threads = [threading.Thread(target=work) for _ in range(clients)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} POSTs failed, first: {errors[0]}")
+    return elapsed, latencies, answers
+
+
+def bench_ingest(args: argparse.Namespace, port: int, token: str) -> None:
+    warm = [event("chain", f"w{i}", i) for i in range(200)]
+    post_concurrently(port, token, warm, args.clients, "warm-up")
+    singles = [event("chain", f"s{i}", i) for i in range(args.single_events)]
+    elapsed, latencies, _ = post_concurrently(
+        port, token, singles, args.clients, f"single-event POSTs, {args.clients} clients"
+    )
+    RESULTS.add(
+        f"ingest: single-event POSTs, {args.clients} clients",
+        len(singles) / elapsed,
+        "events/s",
+        "≥ 1,000",
+    )
+    RESULTS.add("ingest: single-event POST latency p50", percentile(latencies, 50) * 1000, "ms")
+    RESULTS.add(
+        "ingest: single-event POST latency p99", percentile(latencies, 99) * 1000, "ms", "≤ 50"
+    )
+    size = 1000
+    batches = [
+        {
+            "events": [
+                event("chain", f"b{i}", i) for i in range(start, min(start + size, args.events))
+            ]
+        }
+        for start in range(0, args.events, size)
+    ]
+    elapsed, latencies, _ = post_concurrently(
+        port, token, batches, args.batch_clients, f"batched POSTs of {size}"
+    )
+    RESULTS.add(
+        f"ingest: batched POSTs of {size}, {args.batch_clients} clients",
+        args.events / elapsed,
+        "events/s",
+        "≥ 10,000",
+    )
+    RESULTS.add("ingest: batched POST latency p50", percentile(latencies, 50) * 1000, "ms")
+
+
+def bench_fanout_inprocess(setup: Setup, events: int) -> None:
+    """events_ingest() called in-process (no HTTP): validation, insert, fan-out, one tx."""
+    from apps.tasks.ingest import events_ingest
+
+    size = 1000
+    start = time.perf_counter()
+    for offset in range(0, events, size):
+        body = {"events": [event("chain", f"f{i}", i) for i in range(offset, offset + size)]}
+        events_ingest(setup.org, body)
+    elapsed = time.perf_counter() - start
+    RESULTS.add(
+        "fan-out: events_ingest() in-process, batches of 1,000 (1 task per event)",
+        events / elapsed,
+        "tasks/s",
+        "≥ 10,000",
+    )
+
+
+# --- claims (in-process, recording send) ----------------------------------------------------
+
+
+class RecordingAdapter:
+    sent = 0
+
+    def send(self, node: dict[str, Any], tasks: list[Any]) -> set[Any]:
+        RecordingAdapter.sent += len(tasks)
+        return set()
+
+
+def install_recording_send() -> None:
+    from apps.tasks.runtimes import runtimes
+
+    runtimes.register("python", RecordingAdapter)
+
+
+def uncap(version_id: int) -> None:
+    from apps.tasks.models import NodeLane
+
+    NodeLane.objects.filter(dag_version_id=version_id).update(cap=1_000_000_000)
+
+
+def time_claims(target: int, label: str) -> tuple[float, int]:
+    """dispatch_once() (claim, commit, recording send) until `target` tasks went; tasks/s."""
+    from apps.tasks.dispatch import dispatch_once
+
+    sent = 0
+    ticks = 0
+    start = time.perf_counter()
+    while sent < target:
+        went = dispatch_once()
+        ticks += 1
+        if not went:
+            break
+        sent += went
+    elapsed = time.perf_counter() - start
+    console.print(f"  {label}: {sent:,} tasks in {ticks} ticks, {elapsed:.2f} s")
+    return sent / elapsed if elapsed else 0.0, sent
+
+
+def finish_all(version_ids: list[int]) -> None:
+    """Mark every open task of these versions succeeded and zero their counters (SQL)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tasks SET state = 'succeeded', finished_at = now(), lease_token = NULL, "
+            "lease_expires_at = NULL, deadline_at = NULL, next_attempt_at = NULL "
+            "WHERE dag_version_id = ANY(%s) AND state <> 'succeeded'",
+            [version_ids],
+        )
+        cursor.execute(
+            "UPDATE node_lanes SET pending = 0, in_flight = 0 WHERE dag_version_id = ANY(%s)",
+            [version_ids],
+        )
+
+
+def expire_leases(version_id: int, count: int) -> int:
+    """Turn `count` queued tasks into running ones with an attempt whose lease expired."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH picked AS (SELECT id FROM tasks WHERE dag_version_id = %s AND state = 'queued' "
+            "LIMIT %s) UPDATE tasks SET state = 'running', attempt = attempt + 1, "
+            "lease_token = md5(id::text), lease_expires_at = now() - interval '1 minute', "
+            "deadline_at = now() + interval '1 hour', started_at = now() "
+            "WHERE id IN (SELECT id FROM picked)",
+            [version_id, count],
+        )
+        moved = cursor.rowcount
+        cursor.execute(
+            "INSERT INTO task_attempts (task_id, number, worker_id, lease_token, started_at, "
+            "outcome, logs, metrics, progress) SELECT id, attempt, 'bench', lease_token, now(), "
+            "'', '', '{}', '{}' FROM tasks WHERE dag_version_id = %s AND state = 'running'",
+            [version_id],
+        )
+    return int(moved)
+
+
+def time_calls(call: Callable[[], object], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_claims_and_reaper(chain_version: int) -> None:
+    from apps.tasks import reaper
+    from apps.tasks.models import Task
+
+    pending = Task.objects.filter(dag_version_id=chain_version, state="pending").count()
+    console.print(f"claims over a backlog of {pending:,} pending tasks (cap lifted)")
+    uncap(chain_version)
+    rate, sent = time_claims(min(pending, 20_000), "claim+recording send")
+    RESULTS.add(
+        f"claims: dispatch_once() in-process, {pending:,} pending, batch 100",
+        rate,
+        "tasks/s",
+        "≥ 10,000",
+    )
+    if sent >= 10_000:
+        moved = expire_leases(chain_version, 10_000)
+        start = time.perf_counter()
+        reaped = reaper.reap_expired_leases()
+        elapsed = time.perf_counter() - start
+        console.print(f"  reaper: {moved:,} expired leases set up, {reaped:,} requeued")
+        RESULTS.add(
+            f"reaper: reap_expired_leases() of {reaped:,} expired leases",
+            elapsed * 1000,
+            "ms",
+            "≤ 200 (10,000)",
+        )
+    finish_all([chain_version])
+    rows = Task.objects.count()
+    ticks = time_calls(reaper.reap_once, 20)
+    RESULTS.add(
+        f"reaper: idle reap_once() p50, {rows:,} task rows",
+        percentile(ticks, 50) * 1000,
+        "ms",
+        "≤ 5 (1M rows)",
+    )
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def succeeded(version_id: int) -> int:
+    from apps.tasks.models import Task
+
+    return Task.objects.filter(dag_version_id=version_id, state="succeeded").count()
+
+
+def wait_for(
+    version_id: int, target: int, timeout_s: float, procs: Processes, label: str
+) -> float | None:
+    """Wait until `target` tasks of the version succeeded; the monotonic time, or None."""
+    deadline = time.monotonic() + timeout_s
+    with progress() as bar:
+        task = bar.add_task(label, total=target)
+        while time.monotonic() < deadline:
+            done = succeeded(version_id)
+            bar.update(task, completed=done)
+            if done >= target:
+                return time.monotonic()
+            for death in procs.check_alive():
+                console.print(f"[red]{death}[/]")
+                DEATHS.append(death)
+            time.sleep(0.2)
+    console.print(f"[red]{label}: timed out with {succeeded(version_id):,}/{target:,}[/]")
+    return None
+
+
+def warm_up(port: int, token: str, version_id: int, dag: str, procs: Processes) -> None:
+    client = JsonClient(port, token)
+    client.post("/v1/events", event(dag, "warm", 0))
+    client.close()
+    if wait_for(version_id, 3, 120, procs, f"{dag}: warm-up") is None:
+        raise RuntimeError("the pipeline did not run the warm-up event; see the logs")
+
+
+def bench_end_to_end(
+    port: int, token: str, version_id: int, dag: str, events: int, procs: Processes, label: str
+) -> None:
+    warm_up(port, token, version_id, dag, procs)
+    client = JsonClient(port, token)
+    start = time.monotonic()
+    for offset in range(0, events, 1000):
+        body = {
+            "events": [event(dag, f"e{i}", i) for i in range(offset, min(offset + 1000, events))]
+        }
+        status, answer = client.post("/v1/events", body)
+        if status != 202:
+            raise RuntimeError(f"ingest failed: {status} {answer}")
+    client.close()
+    target = 3 + 3 * events
+    end = wait_for(version_id, target, 900, procs, f"{label}: {events:,} events x 3 nodes")
+    if end is None:
+        done = succeeded(version_id) - 3
+        RESULTS.add(
+            f"end to end, {label} (TIMED OUT, partial)",
+            done / (time.monotonic() - start),
+            "tasks/s",
+        )
+        return
+    RESULTS.add(f"end to end, {label}", 3 * events / (end - start), "tasks/s")
+
+
+def bench_latency(
+    port: int, token: str, version_id: int, dag: str, rate: float, seconds: float, procs: Processes
+) -> None:
+    """Post single events paced at `rate`/s for `seconds` (8 threads; a thread that falls behind
+    posts at once), then read op1's started_at for each accepted event."""
+    from apps.tasks.models import Event, Task
+
+    warm_up(port, token, version_id, dag, procs)
+    counter = itertools.count()
+    accepted: dict[str, float] = {}
+    refused: list[int] = []
+    start = time.time() + 0.2
+    stop_at = start + seconds
+
+    def work() -> None:
+        client = JsonClient(port, token)
+        while (i := next(counter)) < rate * seconds and time.time() < stop_at:
+            time.sleep(max(0.0, start + i / rate - time.time()))
+            status, answer = client.post("/v1/events", event(dag, f"l{i}", i))
+            if status == 202:
+                accepted[answer["events"][0]["id"]] = time.time()
+            else:
+                refused.append(status)
+        client.close()
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(8)]
+    with console.status(f"posting events at {rate:g}/s for {seconds:g} s"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    posted_s = time.time() - start
+    RESULTS.add(
+        f"latency run: events accepted (aimed at {rate:g}/s)", len(accepted) / posted_s, "events/s"
+    )
+    RESULTS.add("latency run: POSTs answered other than 202", len(refused), "requests", "0")
+    ops = Task.objects.filter(dag_version_id=version_id, node_id="op1", event_id__in=list(accepted))
+    deadline = time.monotonic() + 90
+    with console.status("waiting for the op1 tasks of those events to start"):
+        while time.monotonic() < deadline and ops.filter(started_at__isnull=True).exists():
+            time.sleep(0.5)
+    tasks = ops.values_list("event_id", "started_at")
+    created = dict(Event.objects.filter(pk__in=list(accepted)).values_list("id", "created_at"))
+    from_202 = []
+    from_created = []
+    unstarted = 0
+    for event_id, started_at in tasks:
+        if started_at is None:
+            unstarted += 1
+            continue
+        from_202.append(started_at.timestamp() - accepted[str(event_id)])
+        from_created.append((started_at - created[event_id]).total_seconds())
+    if unstarted:
+        RESULTS.add("latency run: op1 tasks not started 90 s after the run", unstarted, "tasks")
+    label = f"{rate:g} events/s for {seconds:g} s"
+    for pct, target in ((50, "≤ 15"), (99, "≤ 50")):
+        RESULTS.add(
+            f"latency 202 → started_at p{pct} ({label})",
+            percentile(from_202, pct) * 1000,
+            "ms",
+            target,
+        )
+    for pct in (50, 99):
+        RESULTS.add(
+            f"latency event.created_at → started_at p{pct}",
+            percentile(from_created, pct) * 1000,
+            "ms",
+        )
+
+
+# --- scale ----------------------------------------------------------------------------------
+
+
+def bulk_tasks(org_id: int, version_id: int, dag: str, count: int, state: str, first: int) -> None:
+    """Insert `count` events and one op1 task each, in chunks, straight in SQL."""
+    from django.db import connection
+
+    chunk = 100_000
+    with progress() as bar:
+        task = bar.add_task(f"inserting {count:,} {state} tasks", total=count)
+        for offset in range(0, count, chunk):
+            n = min(chunk, count - offset)
+            lo = first + offset
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "WITH ev AS (INSERT INTO events (id, org_id, dataset_id, kind, mode, "
+                    "idempotency_key, range_start, range_end, event_time, payload, created_at, "
+                    "fanned_out_at) SELECT gen_random_uuid(), %(org)s, %(ds)s, 'data', 'live', "
+                    "'', g::text, (g + 1)::text, now(), '{}', now(), now() "
+                    "FROM generate_series(%(lo)s, %(hi)s) g RETURNING id, range_start) "
+                    "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, "
+                    "lane, mode, attempt, attempts_base, max_attempts, dispatch_count, "
+                    "created_at, finished_at, cancel_requested) SELECT gen_random_uuid(), "
+                    "%(org)s, %(ver)s, 'op1', ev.id, %(state)s, 'live', 'live', 0, 0, 3, 0, "
+                    "now() + ev.range_start::bigint * interval '1 microsecond', "
+                    "CASE WHEN %(state)s = 'succeeded' THEN now() END, false FROM ev",
+                    {
+                        "org": org_id,
+                        "ds": f"{dag}.src",
+                        "lo": lo,
+                        "hi": lo + n - 1,
+                        "ver": version_id,
+                        "state": state,
+                    },
+                )
+            bar.advance(task, n)
+        with connection.cursor() as cursor:
+            if state == "pending":
+                cursor.execute(
+                    "UPDATE node_lanes SET pending = pending + %s "
+                    "WHERE dag_version_id = %s AND node_id = 'op1' AND lane = 'live'",
+                    [count, version_id],
+                )
+            cursor.execute("ANALYZE tasks")
+            cursor.execute("ANALYZE events")
+
+
+def bench_scale(setup: Setup, sample: int, big: int) -> None:
+    from django.db import connection
+
+    from apps.tasks import reaper
+    from apps.tasks.ingest import events_ingest
+    from apps.tasks.models import Task
+
+    began = time.monotonic()
+    version = deploy(setup.org, "scale", nodes=1)
+    events_ingest(setup.org, event("scale", "lane", -1))  # creates the op1/live counter row
+    finish_all([version])
+    uncap(version)
+    small = 10_000
+    bulk_tasks(setup.org.pk, version, "scale", small, "pending", 0)
+    rate_small, _ = time_claims(sample, f"{small:,} pending")
+    finish_all([version])
+    bulk_tasks(setup.org.pk, version, "scale", big, "pending", small)
+    rate_big, _ = time_claims(sample, f"{big:,} pending")
+    finish_all([version])  # now ≥ 1M finished rows
+    bulk_tasks(setup.org.pk, version, "scale", small, "pending", small + big)
+    finished = Task.objects.filter(dag_version_id=version, state="succeeded").count()
+    rate_finished, _ = time_claims(sample, f"{small:,} pending beside {finished:,} finished")
+    with connection.cursor() as cursor:
+        vacuum_began = time.perf_counter()
+        cursor.execute("VACUUM (ANALYZE) tasks")
+        vacuum_s = time.perf_counter() - vacuum_began
+    rate_vacuumed, _ = time_claims(sample, f"the same after VACUUM ({vacuum_s:.1f} s)")
+    finish_all([version])
+    RESULTS.add(f"scale: claims, {small:,} pending", rate_small, "tasks/s")
+    RESULTS.add(f"scale: claims, {big:,} pending", rate_big, "tasks/s", "within ±20%")
+    RESULTS.add(
+        f"scale: claims, {small:,} pending + {finished:,} finished",
+        rate_finished,
+        "tasks/s",
+        "within ±20%",
+    )
+    RESULTS.add(
+        f"scale: claims, {small - sample:,} pending + {finished:,} finished, after VACUUM",
+        rate_vacuumed,
+        "tasks/s",
+        "within ±20%",
+    )
+    rows = Task.objects.count()
+    ticks = time_calls(reaper.reap_once, 20)
+    RESULTS.add(
+        f"scale: idle reap_once() p50, {rows:,} task rows",
+        percentile(ticks, 50) * 1000,
+        "ms",
+        "≤ 5",
+    )
+    RESULTS.add(f"scale: idle reap_once() max, {rows:,} task rows", max(ticks) * 1000, "ms")
+    console.print(f"  scale phase took {time.monotonic() - began:.0f} s")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20_000, help="batched ingest events")
+    parser.add_argument("--single-events", type=int, default=2_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--batch-clients", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="Celery worker concurrency")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--dispatchers", type=int, default=1)
+    parser.add_argument("--e2e-events", type=int, default=2_000, help="batched e2e events")
+    parser.add_argument("--e2e-single-events", type=int, default=500)
+    parser.add_argument("--latency-rate", type=float, default=100.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--scale", action="store_true", help="also the 1M-row claim/reaper runs")
+    parser.add_argument("--scale-rows", type=int, default=1_000_000)
+    parser.add_argument("--skip", default="", help="comma list: ingest,claims,e2e,latency,single")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/sluice_bench")
+    parser.add_argument("--max-process-seconds", type=int, default=1500)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    data_dir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "DJANGO_"))},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": args.database_url,
+        "CELERY_BROKER_URL": BROKER,
+        "SECRET_KEY": SECRET_KEY,
+        "SLUICE_POOL_KEY": POOL_KEY,
+        "SLUICE_API_URL": f"http://127.0.0.1:{port}",
+        "SLUICE_DATA_DIR": str(data_dir),
+        "SLUICE_STORAGE_ROOT": str(data_dir / "storage"),
+        "SLUICE_DISPATCH_TRIGGER": "off",
+        "LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    console.print(f"data dir and logs: {data_dir}; web on 127.0.0.1:{port}")
+    with console.status("recreating and migrating the database"):
+        recreate_database(args.database_url)
+        import subprocess
+
+        subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    import django
+
+    django.setup()
+    setup = setup_org()
+    chain = deploy(setup.org, "chain")
+    platform = Platform(port, env, data_dir / "logs", args.max_process_seconds)
+
+    if "ingest" not in skip:
+        console.rule("ingest over HTTP (web only, dispatch trigger off)")
+        with platform.running(
+            web_workers=args.web_workers, dispatchers=0, celery_concurrency=0, trigger="off"
+        ):
+            bench_ingest(args, port, setup.token)
+        bench_fanout_inprocess(setup, 5_000)
+    if "claims" not in skip:
+        console.rule("claims and reaper (in-process)")
+        install_recording_send()
+        bench_claims_and_reaper(chain)
+    if {"e2e", "latency"} - skip:
+        console.rule(f"end to end: batched (pool messages of ≤ 100), {args.workers} Celery slots")
+        from apps.tasks.runtimes import CeleryPoolAdapter, runtimes
+
+        runtimes.register("python", CeleryPoolAdapter)
+        with platform.running(
+            web_workers=args.web_workers,
+            dispatchers=args.dispatchers,
+            celery_concurrency=args.workers,
+            trigger="inline",
+        ) as procs:
+            if "e2e" not in skip:
+                version = deploy(setup.org, "e2eb")
+                bench_end_to_end(
+                    port, setup.token, version, "e2eb", args.e2e_events, procs, "batched"
+                )
+            if "latency" not in skip:
+                version = deploy(setup.org, "lat")
+                bench_latency(
+                    port,
+                    setup.token,
+                    version,
+                    "lat",
+                    args.latency_rate,
+                    args.latency_seconds,
+                    procs,
+                )
+    if "single" not in skip:
+        console.rule("end to end: one task per call (dispatch batch 1, trigger off)")
+        with platform.running(
+            web_workers=args.web_workers,
+            dispatchers=args.dispatchers,
+            celery_concurrency=args.workers,
+            trigger="off",
+            dispatch_batch=1,
+        ) as procs:
+            version = deploy(setup.org, "e2es")
+            bench_end_to_end(
+                port, setup.token, version, "e2es", args.e2e_single_events, procs, "one per call"
+            )
+    if args.scale:
+        console.rule(f"scale: {args.scale_rows:,} rows (in-process claims, recording send)")
+        install_recording_send()
+        bench_scale(setup, 5_000, args.scale_rows)
+
+    console.print(RESULTS.table())
+    for death in DEATHS:
+        console.print(f"[red]process died during the run: {death}[/]")
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS.rows, indent=1, ensure_ascii=False))
+    console.print(f"finished at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""SQL queries and in-process time per call of the hot paths, one call at a time (no HTTP,
+no concurrency): where the time of one ingest, one claim tick, one fetch and one complete goes.
+
+    .venv/bin/python bench/profile_calls.py [--calls N]
+
+It recreates the database sluice_bench_profile (or --database-url) and migrates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._benchutil import PYTHON, ROOT, percentile
+from bench.dispatch import (
+    POOL_KEY,
+    SECRET_KEY,
+    RecordingAdapter,
+    deploy,
+    event,
+    install_recording_send,
+    recreate_database,
+    setup_org,
+)
+
+console = Console()
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def __call__(self, execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+        self.queries.append(sql)
+        return execute(sql, *args)
+
+
+def measure(label: str, call: Callable[[int], object], calls: int, table: Table) -> None:
+    from django.db import connection
+
+    times = []
+    counts: list[int] = []
+    kinds: Counter[str] = Counter()
+    for i in range(calls):
+        captured = Captured()
+        with connection.execute_wrapper(captured):
+            start = time.perf_counter()
+            call(i)
+            times.append(time.perf_counter() - start)
+        counts.append(len(captured.queries))
+        kinds.update(q.split()[0].upper() for q in captured.queries)
+    per_call = {k: v / calls for k, v in kinds.most_common()}
+    table.add_row(
+        label,
+        f"{sum(counts) / calls:.1f}",
+        ", ".join(f"{k} {v:.1f}" for k, v in per_call.items()),
+        f"{percentile(times, 50) * 1000:.2f}",
+        f"{percentile(times, 99) * 1000:.2f}",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument(
+        "--database-url", default="postgres://postgres@127.0.0.1:5432/sluice_bench_profile"
+    )
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="sluice-profile-"))
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": args.database_url,
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14",
+        "SECRET_KEY": SECRET_KEY,
+        "SLUICE_POOL_KEY": POOL_KEY,
+        "SLUICE_API_URL": "http://127.0.0.1:9",
+        "SLUICE_DATA_DIR": str(data_dir),
+        "SLUICE_STORAGE_ROOT": str(data_dir / "storage"),
+        "SLUICE_DISPATCH_TRIGGER": "off",
+        "LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    recreate_database(args.database_url)
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=os.environ, check=True)
+    import django
+
+    django.setup()
+    from apps.orgs.authentication import WorkerPrincipal
+    from apps.tasks import worker_api
+    from apps.tasks.dispatch import claim, dispatch_once
+    from apps.tasks.ingest import events_ingest
+    from apps.tasks.models import NodeLane
+    from apps.tasks.reaper import reap_once
+
+    setup = setup_org()
+    version = deploy(setup.org, "chain")
+    install_recording_send()
+    table = Table(title=f"per call, {args.calls} sequential calls, in-process")
+    for column in ("call", "queries", "by kind", "p50 ms", "p99 ms"):
+        table.add_column(column)
+
+    measure(
+        "events_ingest(), 1 event",
+        lambda i: events_ingest(setup.org, event("chain", f"s{i}", i)),
+        args.calls,
+        table,
+    )
+    measure(
+        "events_ingest(), 1,000 events",
+        lambda i: events_ingest(
+            setup.org,
+            {"events": [event("chain", f"b{i}-{j}", j) for j in range(1000)]},
+        ),
+        10,
+        table,
+    )
+    NodeLane.objects.filter(dag_version_id=version).update(cap=1_000_000_000)
+    measure("dispatch_once() (claim ≤ 100 + recording send)", lambda i: dispatch_once(), 20, table)
+    RecordingAdapter.sent = 0
+    dispatched = [t for c in claim(batch=100) for t in c.tasks]
+    dispatched += [t for c in claim(batch=100) for t in c.tasks]
+    pool = WorkerPrincipal(org=None, key_id=None)
+    leases: list[dict[str, Any]] = []
+    measure(
+        "task_fetch(), 1 task",
+        lambda i: leases.append(
+            worker_api.task_fetch(
+                pool, str(dispatched[i].task_id), dispatched[i].dispatch_token, "w"
+            )
+        ),
+        min(len(dispatched), args.calls),
+        table,
+    )
+
+    def complete(i: int) -> None:
+        lease = leases[i]
+        worker_api.task_complete(
+            pool, {"lease_token": lease["lease"]["token"], "outputs": [], "logs": ""}
+        )
+
+    measure("task_complete(), 1 task (emits 1 event, fans out)", complete, len(leases), table)
+    measure("reap_once(), idle", lambda i: reap_once(), 50, table)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
