@@ -61,10 +61,7 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
     by_dataset: dict[str, list[int]] = {}
     for index, request in enumerate(requests):
         by_dataset.setdefault(request.dataset_id, []).append(index)
-    datasets = {
-        d.dataset_id: d
-        for d in Dataset.objects.select_for_update().filter(org=org, dataset_id__in=by_dataset)
-    }
+    datasets = {d.dataset_id: d for d in Dataset.objects.filter(org=org, dataset_id__in=by_dataset)}
     made: list[Commit | None] = [None] * len(requests)
     for dataset_id in sorted(by_dataset):  # a fixed lock order, so two batches never deadlock
         dataset = datasets.get(dataset_id)

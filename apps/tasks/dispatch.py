@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from django.db import transaction
 from django.utils import timezone
 
 from apps.dags.models import DagVersion
 from apps.tasks import lifecycle
+from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
 from apps.tasks.runtimes import Dispatched, dispatch_token, runtimes
 
@@ -38,7 +38,7 @@ class Claim:
 def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH) -> list[Claim]:
     """One claiming transaction. Returns what to send once it has committed."""
     claims: list[Claim] = []
-    with transaction.atomic():
+    with counted_atomic():
         lanes = list(
             NodeLane.objects.select_for_update(skip_locked=True)
             .filter(runnable=True)
@@ -94,7 +94,7 @@ def send(claims: list[Claim]) -> int:
 
 
 def requeue_failed_sends(task_ids: set) -> None:
-    with transaction.atomic():
+    with counted_atomic():
         tasks = list(
             Task.objects.select_for_update(skip_locked=True).filter(
                 pk__in=task_ids, state=TaskState.QUEUED

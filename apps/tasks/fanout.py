@@ -11,7 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from apps.dags.models import Dag, DagVersion, VersionState
-from apps.tasks.lifecycle import bump_lane
+from apps.tasks.lifecycle import bump_lane, counted_atomic
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task
 from apps.tasks.runtimes import runtime_of, runtimes
 
@@ -69,10 +69,22 @@ def _lane(event: Event, version_state: str) -> str:
 
 
 def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]) -> None:
-    """Create missing counter rows for (node, lane) pairs, with cap, runtime and pause state."""
+    """Create missing counter rows for (node, lane) pairs, with cap, runtime and pause state.
+
+    A plain SELECT first: an `INSERT … ON CONFLICT` on a row that another open transaction
+    has updated would wait for that transaction, on every fan-out."""
+    wanted = set(pairs)
+    existing = set(
+        NodeLane.objects.filter(
+            dag_version=version, node_id__in={n for n, _ in wanted}
+        ).values_list("node_id", "lane")
+    )
+    missing = wanted - existing
+    if not missing:
+        return
     nodes = version.node_map()
     rows = []
-    for node_id, lane in set(pairs):
+    for node_id, lane in sorted(missing):
         node = nodes[node_id]
         runtime = runtime_of(node)
         rows.append(
@@ -141,9 +153,8 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
 
 def fan_out_pending_events(limit: int = 500) -> int:
     """The safety net: fan out events that were stored without it. Returns how many."""
-    from django.db import transaction
 
-    with transaction.atomic():
+    with counted_atomic():
         events = list(
             Event.objects.select_for_update(skip_locked=True)
             .filter(fanned_out_at__isnull=True)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from django.db import transaction
 from django.utils import timezone
 
 from apps.dags.models import DagNode, VersionState
@@ -26,6 +25,7 @@ from apps.datasets.storage import (
 from apps.orgs.errors import FieldError, ValidationFailed
 from apps.orgs.models import Org
 from apps.tasks.fanout import fan_out
+from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import Event, Mode
 from apps.tasks.triggers import dispatch_after_commit
 
@@ -221,7 +221,7 @@ def events_ingest(org: Org, body: Any) -> list[Ingested]:
             keyed[key] = event
         fresh.append(event)
         answers.append((event, key))
-    with transaction.atomic():
+    with counted_atomic():
         Event.objects.bulk_create(fresh, ignore_conflicts=True)
         stored = _stored_ids(org, list(keyed))
         created = [

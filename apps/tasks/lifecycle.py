@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterable
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -45,11 +49,57 @@ def _weight(state: str) -> tuple[int, int]:
     return (1 if state == S.PENDING else 0, 1 if state in IN_FLIGHT_STATES else 0)
 
 
+LaneKey = tuple[int, str, str]
+
+
+class _Ledgers(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[dict[LaneKey, list[int]]] = []
+
+
+_ledgers = _Ledgers()
+
+
+def _apply(deltas: dict[LaneKey, list[int]]) -> None:
+    # Always in one sorted order, and as the transaction's last statements: two transactions
+    # that touch the same lanes queue on them in the same order (no deadlock), and hold them
+    # for microseconds, not for the whole transaction.
+    for (version_id, node_id, lane), (pending, in_flight) in sorted(deltas.items()):
+        if pending or in_flight:
+            NodeLane.objects.filter(dag_version_id=version_id, node_id=node_id, lane=lane).update(
+                pending=F("pending") + pending, in_flight=F("in_flight") + in_flight
+            )
+
+
+@contextmanager
+def counted_atomic() -> Iterator[None]:
+    """`transaction.atomic()` whose lane counter changes are collected and applied, sorted,
+    just before it commits. Every block that moves tasks runs in one."""
+    with transaction.atomic():
+        deltas: dict[LaneKey, list[int]] = defaultdict(lambda: [0, 0])
+        _ledgers.stack.append(deltas)
+        try:
+            yield
+        finally:
+            _ledgers.stack.pop()
+        if _ledgers.stack:  # nested: the outer block applies
+            outer = _ledgers.stack[-1]
+            for key, (pending, in_flight) in deltas.items():
+                outer[key][0] += pending
+                outer[key][1] += in_flight
+        else:
+            _apply(deltas)
+
+
 def bump_lane(version_id: int, node_id: str, lane: str, pending: int, in_flight: int) -> None:
-    if pending or in_flight:
-        NodeLane.objects.filter(dag_version_id=version_id, node_id=node_id, lane=lane).update(
-            pending=F("pending") + pending, in_flight=F("in_flight") + in_flight
-        )
+    if not (pending or in_flight):
+        return
+    if _ledgers.stack:
+        entry = _ledgers.stack[-1][(version_id, node_id, lane)]
+        entry[0] += pending
+        entry[1] += in_flight
+    else:
+        _apply({(version_id, node_id, lane): [pending, in_flight]})
 
 
 def _check(task: Task, to: str) -> None:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from apps.dags.models import DagVersion
 from apps.tasks import lifecycle
+from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import Attempt, AttemptOutcome, NodeLane, Task, TaskState
 from apps.tasks.triggers import dispatch_after_commit
 
@@ -99,7 +99,7 @@ def _locked_batch(limit: int, order: str, **filters: Any) -> list[Task]:
 
 
 def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
-    with transaction.atomic():
+    with counted_atomic():
         tasks = _locked_batch(
             limit, "lease_expires_at", state=TaskState.RUNNING, lease_expires_at__lt=timezone.now()
         )
@@ -112,7 +112,7 @@ def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
 
 
 def reap_timeouts(limit: int = DEFAULT_LIMIT) -> int:
-    with transaction.atomic():
+    with counted_atomic():
         tasks = _locked_batch(
             limit, "deadline_at", state=TaskState.RUNNING, deadline_at__lt=timezone.now()
         )
@@ -125,7 +125,7 @@ def reap_timeouts(limit: int = DEFAULT_LIMIT) -> int:
 
 
 def release_retries(limit: int = DEFAULT_LIMIT) -> int:
-    with transaction.atomic():
+    with counted_atomic():
         tasks = _locked_batch(
             limit,
             "next_attempt_at",
@@ -140,7 +140,7 @@ def release_retries(limit: int = DEFAULT_LIMIT) -> int:
 
 def requeue_stale_queued(limit: int = DEFAULT_LIMIT) -> int:
     cutoff = timezone.now() - dt.timedelta(seconds=settings.SLUICE_QUEUED_TIMEOUT_S)
-    with transaction.atomic():
+    with counted_atomic():
         tasks = _locked_batch(limit, "queued_at", state=TaskState.QUEUED, queued_at__lt=cutoff)
         lifecycle.task_requeue_many(tasks)
         if tasks:
@@ -176,7 +176,7 @@ def reconcile_lanes(limit: int = 1000) -> int:
     fixed = 0
     lanes = NodeLane.objects.order_by("id")[:limit]
     for lane in lanes:
-        with transaction.atomic():
+        with counted_atomic():
             locked = NodeLane.objects.select_for_update(skip_locked=True).filter(pk=lane.pk).first()
             if locked is None:
                 continue

@@ -3,11 +3,10 @@ admin call these."""
 
 from __future__ import annotations
 
-from django.db import transaction
-
 from apps.dags.models import Dag
 from apps.orgs.errors import Conflict
 from apps.tasks import lifecycle
+from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import AttemptOutcome, NodeLane, Task, TaskState
 from apps.tasks.triggers import dispatch_after_commit
 
@@ -19,7 +18,7 @@ def _locked(task: Task) -> Task:
 def task_cancel(task: Task) -> Task:
     """Cancel an open task. A running attempt is told at its next heartbeat and its late
     complete is refused."""
-    with transaction.atomic():
+    with counted_atomic():
         locked = _locked(task)
         if locked.state == TaskState.CANCELED:
             return locked
@@ -39,7 +38,7 @@ def task_cancel(task: Task) -> Task:
 
 def task_retry(task: Task) -> Task:
     """A failed or canceled task runs again as a new attempt, with its attempts counted afresh."""
-    with transaction.atomic():
+    with counted_atomic():
         locked = _locked(task)
         if locked.state not in (TaskState.FAILED, TaskState.CANCELED):
             raise Conflict(
@@ -53,7 +52,7 @@ def task_retry(task: Task) -> Task:
 
 def task_requeue(task: Task) -> Task:
     """A queued task whose message is believed lost goes back to pending at once."""
-    with transaction.atomic():
+    with counted_atomic():
         locked = _locked(task)
         if locked.state != TaskState.QUEUED:
             raise Conflict(

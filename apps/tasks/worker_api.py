@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from apps.datasets.models import Dataset
@@ -26,6 +25,7 @@ from apps.orgs.errors import Conflict, NotFound, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
 from apps.tasks.fanout import fan_out
+from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import Attempt, AttemptOutcome, Event, EventKind, Task, TaskInput, TaskState
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import dispatch_after_commit
@@ -152,7 +152,7 @@ def task_fetch(
         task_uuid = uuid.UUID(str(task_id))
     except ValueError:
         raise ValidationFailed.field("task_id", "must be a UUID") from None
-    with transaction.atomic():
+    with counted_atomic():
         task = (
             _scoped_tasks(principal)
             .select_for_update(of=("self",))
@@ -237,7 +237,7 @@ def _end_attempt(attempt: Attempt, outcome: str, **fields: Any) -> None:
 def task_heartbeat(
     principal: WorkerPrincipal, lease_token: str, progress: dict[str, Any] | None
 ) -> dict[str, Any]:
-    with transaction.atomic():
+    with counted_atomic():
         leased = _locked_attempt(principal, lease_token)
         task, attempt = leased.task, leased.attempt
         if task.state == TaskState.CANCELED and attempt.outcome == AttemptOutcome.CANCELED:
@@ -358,7 +358,7 @@ def task_checkpoint(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[st
             ],
         )
     )
-    with transaction.atomic():
+    with counted_atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
         task = leased.task
         _require_live_lease(leased)
@@ -421,7 +421,7 @@ def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str,
     facts = _checked_files(
         principal, body.get("lease_token"), "outputs[0].files", lambda node: body.get("outputs")
     )
-    with transaction.atomic():
+    with counted_atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
         task, attempt = leased.task, leased.attempt
         if attempt.outcome == AttemptOutcome.SUCCEEDED:
@@ -459,7 +459,7 @@ def task_fail(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any
     retryable = body.get("retryable", True)
     if not isinstance(retryable, bool):
         raise ValidationFailed.field("retryable", "must be true or false")
-    with transaction.atomic():
+    with counted_atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
         task, attempt = leased.task, leased.attempt
         if attempt.outcome == AttemptOutcome.FAILED:
