@@ -52,7 +52,7 @@ class Dag(models.Model):
     class Meta:
         db_table = "dags"
         constraints = [models.UniqueConstraint(fields=["org", "name"], name="dag_name_per_org")]
-        ordering = ["org", "name"]
+        ordering = ["org_id", "name"]
         verbose_name = "DAG"
 
     def __str__(self) -> str:
@@ -100,7 +100,7 @@ class DagVersion(models.Model):
                 name="dag_one_active_version",
             ),
         ]
-        ordering = ["dag", "-number"]
+        ordering = ["dag_id", "-number"]
         verbose_name = "DAG version"
 
     def __str__(self) -> str:
@@ -133,7 +133,7 @@ class DagNode(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["version", "node_id"], name="dag_node_per_version"),
         ]
-        ordering = ["version", "id"]
+        ordering = ["version_id", "id"]
 
     def __str__(self) -> str:
         return self.node_id

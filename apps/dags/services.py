@@ -71,7 +71,9 @@ def _locked_dag(org: Org, name: str, create: bool) -> Dag | None:
 
 
 def _locked_version(version: DagVersion) -> DagVersion:
-    return DagVersion.objects.select_for_update().select_related("dag").get(pk=version.pk)
+    return (
+        DagVersion.objects.select_for_update(of=("self",)).select_related("dag").get(pk=version.pk)
+    )
 
 
 def _claims(dag_name: str, nodes: list[dict[str, Any]]) -> list[OutputClaim]:
@@ -174,7 +176,7 @@ def dag_rollback(*, dag: Dag, version: int | None, actor: User | None) -> DagVer
     """Activate an earlier version again (default: the newest superseded one before the
     active). Rolling back to the version already active is a no-op."""
     with transaction.atomic():
-        locked = Dag.objects.select_for_update().select_related("org").get(pk=dag.pk)
+        locked = Dag.objects.select_for_update(of=("self",)).select_related("org").get(pk=dag.pk)
         active = locked.active_version
         if version is None:
             if active is None:
@@ -202,7 +204,7 @@ def dag_rollback(*, dag: Dag, version: int | None, actor: User | None) -> DagVer
 def dag_delete(*, dag: Dag, actor: User | None) -> None:
     """Retire the active version and release the DAG's datasets; the data is kept."""
     with transaction.atomic():
-        locked = Dag.objects.select_for_update().select_related("org").get(pk=dag.pk)
+        locked = Dag.objects.select_for_update(of=("self",)).select_related("org").get(pk=dag.pk)
         if locked.active_version_id is not None:
             lifecycle.version_retire(_locked_version(locked.active_version))  # type: ignore[arg-type]
         catalog_registry.get().claim(locked.org, locked.name, [])

@@ -47,7 +47,7 @@ class Dataset(models.Model):
             models.UniqueConstraint(fields=["org", "dataset_id"], name="dataset_id_per_org"),
         ]
         indexes = [models.Index(fields=["org", "producer_dag"], name="dataset_producer_idx")]
-        ordering = ["org", "dataset_id"]
+        ordering = ["org_id", "dataset_id"]
 
     def __str__(self) -> str:
         return self.dataset_id
@@ -80,7 +80,7 @@ class Generation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["dataset", "number"], name="generation_number"),
         ]
-        ordering = ["dataset", "-number"]
+        ordering = ["dataset_id", "-number"]
 
     def __str__(self) -> str:
         return f"{self.dataset.dataset_id} g{self.number}"
@@ -116,7 +116,7 @@ class Commit(models.Model):
                 fields=["dataset", "generation", "seq"], name="commit_seq_per_generation"
             ),
         ]
-        ordering = ["dataset", "generation", "seq"]
+        ordering = ["dataset_id", "generation", "seq"]
 
     def __str__(self) -> str:
         return f"{self.dataset.dataset_id}@{self.version}"

@@ -58,7 +58,9 @@ class RegistryCatalog:
         )
         rows = {
             row.dataset_id: row
-            for row in Dataset.objects.select_for_update().filter(org=org, dataset_id__in=ids)
+            for row in Dataset.objects.select_for_update(of=("self",)).filter(
+                org=org, dataset_id__in=ids
+            )
         }
         conflicts = [
             FieldError(

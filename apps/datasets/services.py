@@ -39,7 +39,7 @@ class CommitRequest:
 def _locked_live_generation(dataset: Dataset) -> Generation:
     """The live generation's row, locked: seq numbers are handed out under this lock."""
     generation = (
-        Generation.objects.select_for_update()
+        Generation.objects.select_for_update(of=("self",))
         .filter(dataset=dataset, number=dataset.live_generation)
         .first()
     )
@@ -49,7 +49,7 @@ def _locked_live_generation(dataset: Dataset) -> Generation:
                 Generation.objects.create(dataset=dataset, number=dataset.live_generation)
         except IntegrityError:
             pass  # created concurrently; the lock below waits for it
-        generation = Generation.objects.select_for_update().get(
+        generation = Generation.objects.select_for_update(of=("self",)).get(
             dataset=dataset, number=dataset.live_generation
         )
     return generation

@@ -92,7 +92,7 @@ class Membership(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["org", "user"], name="membership_one_per_org_user"),
         ]
-        ordering = ["org", "user__username"]
+        ordering = ["org_id", "user_id"]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.org} as {self.role}"

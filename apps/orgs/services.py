@@ -113,7 +113,7 @@ def membership_add(*, org: Org, user: User, role: str, actor: User | None) -> Me
 def _locked_membership(org: Org, username: str) -> Membership:
     try:
         return (
-            Membership.objects.select_for_update()
+            Membership.objects.select_for_update(of=("self",))
             .select_related("user")
             .get(org=org, user__username=username)
         )

@@ -60,7 +60,7 @@ class Secret(models.Model):
                 name="secret_scope_matches_org",
             ),
         ]
-        ordering = ["scope", "org", "name"]
+        ordering = ["scope", "org_id", "name"]
 
     def __str__(self) -> str:
         org = self.org if self.org_id else None
@@ -91,7 +91,7 @@ class SecretVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["secret", "version"], name="secret_version_number"),
         ]
-        ordering = ["secret", "-version"]
+        ordering = ["secret_id", "-version"]
 
     def __str__(self) -> str:
         return f"{self.secret} v{self.version}"

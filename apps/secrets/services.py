@@ -154,7 +154,7 @@ def rotate_keys(batch: int = 500) -> int:
     while True:
         with transaction.atomic():
             rows = list(
-                SecretVersion.objects.select_for_update()
+                SecretVersion.objects.select_for_update(of=("self",))
                 .select_related("secret")
                 .filter(pk__gt=last_id)
                 .order_by("pk")[:batch]

@@ -40,14 +40,14 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
     claims: list[Claim] = []
     with counted_atomic():
         lanes = list(
-            NodeLane.objects.select_for_update(skip_locked=True)
+            NodeLane.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(runnable=True)
             .order_by("priority", "dispatched_at", "id")[:lanes_per_tick]
         )
         for lane in lanes:
             room = min(batch, lane.cap - lane.in_flight)
             tasks = list(
-                Task.objects.select_for_update(skip_locked=True)
+                Task.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(
                     dag_version_id=lane.dag_version_id,
                     node_id=lane.node_id,
@@ -96,7 +96,7 @@ def send(claims: list[Claim]) -> int:
 def requeue_failed_sends(task_ids: set) -> None:
     with counted_atomic():
         tasks = list(
-            Task.objects.select_for_update(skip_locked=True).filter(
+            Task.objects.select_for_update(skip_locked=True, of=("self",)).filter(
                 pk__in=task_ids, state=TaskState.QUEUED
             )
         )

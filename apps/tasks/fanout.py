@@ -156,7 +156,7 @@ def fan_out_pending_events(limit: int = 500) -> int:
 
     with counted_atomic():
         events = list(
-            Event.objects.select_for_update(skip_locked=True)
+            Event.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(fanned_out_at__isnull=True)
             .order_by("created_at")[:limit]
         )

@@ -208,7 +208,7 @@ class Attempt(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["task", "number"], name="attempt_number_per_task"),
         ]
-        ordering = ["task", "number"]
+        ordering = ["task_id", "number"]
 
     def __str__(self) -> str:
         return f"{self.task_id} #{self.number}"
@@ -282,7 +282,7 @@ class NodeLane(models.Model):
                 name="node_lane_runnable_idx",
             ),
         ]
-        ordering = ["dag_version", "node_id", "priority"]
+        ordering = ["dag_version_id", "node_id", "priority"]
 
     def __str__(self) -> str:
         return f"{self.node_id}/{self.lane}"

@@ -91,7 +91,7 @@ def _locked_batch(limit: int, order: str, **filters: Any) -> list[Task]:
     """Up to `limit` matching tasks, oldest first on a partial index, locked SKIP LOCKED so
     that concurrent reapers split the work instead of waiting on each other."""
     return list(
-        Task.objects.select_for_update(skip_locked=True)
+        Task.objects.select_for_update(skip_locked=True, of=("self",))
         .filter(**filters)
         .only(*_REAP_FIELDS)
         .order_by(order)[:limit]
@@ -177,7 +177,11 @@ def reconcile_lanes(limit: int = 1000) -> int:
     lanes = NodeLane.objects.order_by("id")[:limit]
     for lane in lanes:
         with counted_atomic():
-            locked = NodeLane.objects.select_for_update(skip_locked=True).filter(pk=lane.pk).first()
+            locked = (
+                NodeLane.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(pk=lane.pk)
+                .first()
+            )
             if locked is None:
                 continue
             counts = Task.objects.filter(

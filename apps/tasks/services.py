@@ -12,7 +12,7 @@ from apps.tasks.triggers import dispatch_after_commit
 
 
 def _locked(task: Task) -> Task:
-    return Task.objects.select_for_update().get(pk=task.pk)
+    return Task.objects.select_for_update(of=("self",)).get(pk=task.pk)
 
 
 def task_cancel(task: Task) -> Task:
