@@ -10,8 +10,8 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.dags import services
+from apps.orgs.cli import org_by_slug
 from apps.orgs.errors import SluiceError
-from apps.orgs.models import Org
 
 
 class Command(BaseCommand):
@@ -23,9 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        org = Org.objects.filter(slug=options["org"]).first()
-        if org is None:
-            raise CommandError(f"no org {options['org']!r}")
+        org = org_by_slug(options["org"])
         path: Path = options["file"]
         try:
             text = path.read_text()

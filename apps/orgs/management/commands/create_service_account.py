@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.orgs import services
+from apps.orgs.cli import org_by_slug
 from apps.orgs.errors import SluiceError
-from apps.orgs.models import Org
 from apps.orgs.roles import Role
 
 
@@ -19,9 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--role", default=Role.OPERATOR, choices=Role.values)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        org = Org.objects.filter(slug=options["org"]).first()
-        if org is None:
-            raise CommandError(f"no org {options['org']!r}")
+        org = org_by_slug(options["org"])
         try:
             user = services.service_account_create(
                 org=org, name=options["name"], role=options["role"], actor=None

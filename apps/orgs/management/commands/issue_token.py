@@ -5,8 +5,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.orgs import services
+from apps.orgs.cli import org_by_slug
 from apps.orgs.errors import SluiceError
-from apps.orgs.models import Org, User
+from apps.orgs.models import User
 
 
 class Command(BaseCommand):
@@ -18,9 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="cli")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        org = Org.objects.filter(slug=options["org"]).first()
-        if org is None:
-            raise CommandError(f"no org {options['org']!r}")
+        org = org_by_slug(options["org"])
         user = User.objects.filter(username=options["user"]).first()
         if user is None:
             raise CommandError(f"no user {options['user']!r}")

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from apps.orgs import services
-from apps.orgs.models import Org
+from apps.orgs.cli import org_by_slug
 
 
 class Command(BaseCommand):
@@ -16,8 +16,6 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="cli")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        org = Org.objects.filter(slug=options["org"]).first()
-        if org is None:
-            raise CommandError(f"no org {options['org']!r}")
+        org = org_by_slug(options["org"])
         _, raw = services.worker_key_issue(org=org, name=options["name"])
         self.stdout.write(raw)
