@@ -255,10 +255,12 @@ def task_heartbeat(
     return {"task_id": str(task.pk), "lease_expires_at": expires.isoformat(), "cancel": False}
 
 
-def _range(task: Task, body: dict[str, Any], dataset: Dataset | None) -> tuple[str, str]:
+def _range(task: Task, body: dict[str, Any], node: dict[str, Any]) -> tuple[str, str]:
+    """The output range: the body's, typed by the output dataset, else the input event's."""
     start, end = body.get("range_start"), body.get("range_end")
     if start is None and end is None:
         return task.event.range_start, task.event.range_end
+    dataset = _output_dataset(task, node)
     range_type = dataset.range_type if dataset else "string"
     return canonical_range(range_type, start, end)
 
@@ -366,8 +368,7 @@ def task_checkpoint(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[st
         if existing is not None:
             return {"task_id": str(task.pk), "event": {"id": str(existing.pk), "created": False}}
         node = _node(task)
-        dataset = _output_dataset(task, node)
-        event = _emit(task, node, facts, _range(task, body, dataset), body.get("payload") or {}, n)
+        event = _emit(task, node, facts, _range(task, body, node), body.get("payload") or {}, n)
         dispatch_after_commit()
     if event is None:
         raise ValidationFailed.field("n", "this node has no output dataset to checkpoint")
@@ -396,7 +397,7 @@ def _checked_files(
         return []
     node = _node(task)
     files = _output_files(node, outputs_of(node))
-    dataset = _output_dataset(task, node)
+    dataset = _output_dataset(task, node) if files else None
     if dataset is None:
         return []
     prefix = _staging(dataset, dataset.live_generation, task.pk, attempt.number)
@@ -428,8 +429,7 @@ def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str,
             return _complete_answer(task)
         _require_live_lease(leased)
         node = _node(task)
-        dataset = _output_dataset(task, node)
-        range_ = _range(task, body, dataset)
+        range_ = _range(task, body, node)
         event = _emit(task, node, facts, range_, body.get("payload") or {}, 0)
         commit = task.event.commit
         if commit is not None:
