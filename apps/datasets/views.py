@@ -151,6 +151,8 @@ def _selected_commits(dataset: Dataset, params: Any) -> list[Commit]:
             raise NotFound(f"{dataset.dataset_id} has no version {version}.")
         commits = commits.filter(seq__lte=last_seq)
     selected = list(commits)
+    if dataset.update_strategy == "replace":
+        selected = _not_superseded(dataset, selected)
     if params.get("range_start") is not None or params.get("range_end") is not None:
         start, end = canonical_range(
             dataset.range_type,
@@ -159,6 +161,27 @@ def _selected_commits(dataset: Dataset, params: Any) -> list[Commit]:
         )
         selected = [c for c in selected if _overlaps(dataset, c, start, end)]
     return selected
+
+
+def _covers(dataset: Dataset, outer: Commit, inner: Commit) -> bool:
+    if not outer.range_start:
+        return True  # a replace without a range replaces everything before it
+    if not inner.range_start:
+        return False
+    if dataset.range_type == "int":
+        return int(outer.range_start) <= int(inner.range_start) and int(inner.range_end) <= int(
+            outer.range_end
+        )
+    return outer.range_start <= inner.range_start and inner.range_end <= outer.range_end
+
+
+def _not_superseded(dataset: Dataset, commits: list[Commit]) -> list[Commit]:
+    """`replace` (D10): a commit supersedes every earlier commit whose range lies in its own."""
+    kept: list[Commit] = []
+    for commit in reversed(commits):  # newest first
+        if not any(_covers(dataset, later, commit) for later in kept):
+            kept.append(commit)
+    return list(reversed(kept))
 
 
 def _typed(dataset: Dataset, params: Any, name: str) -> object:

@@ -22,11 +22,11 @@ from apps.datasets.storage import (
     generation_prefix,
     write_table,
 )
-from apps.orgs.errors import FieldError, ValidationFailed
+from apps.orgs.errors import FieldError, NotFound, ValidationFailed
 from apps.orgs.models import Org
 from apps.tasks.fanout import fan_out
 from apps.tasks.lifecycle import counted_atomic
-from apps.tasks.models import Event, Mode
+from apps.tasks.models import Event, EventKind, Mode
 from apps.tasks.triggers import dispatch_after_commit
 
 MAX_EVENTS_PER_CALL = 1000
@@ -256,3 +256,33 @@ def _stored_ids(org: Org, keys: list[tuple[str, str]]) -> dict[tuple[str, str], 
         ).values_list("idempotency_key", "id")
         stored.update({(dataset_id, key): event_id for key, event_id in rows})
     return stored
+
+
+def dataset_invalidate(org: Org, dataset_id: str, body: Any) -> Event:
+    """`POST /v1/datasets/{id}/invalidate`: consumers recompute the range (D10). Any dataset of
+    the org may be invalidated; the event starts a cascade at depth 0."""
+    dataset = Dataset.objects.filter(org=org, dataset_id=dataset_id.lower()).first()
+    if dataset is None:
+        raise NotFound(f"No dataset {dataset_id!r}.")
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be an object {range_start, range_end}.")
+    unknown = sorted(set(body) - {"range_start", "range_end", "payload"})
+    if unknown:
+        raise ValidationFailed.field(unknown[0], "unknown field")
+    if body.get("range_start") is None or body.get("range_end") is None:
+        missing = "range_start" if body.get("range_start") is None else "range_end"
+        raise ValidationFailed.field(missing, "required: the range to recompute")
+    start, end = canonical_range(dataset.range_type, body["range_start"], body["range_end"])
+    with counted_atomic():
+        event = Event.objects.create(
+            org=org,
+            dataset_id=dataset.dataset_id,
+            kind=EventKind.INVALIDATE,
+            range_start=start,
+            range_end=end,
+            payload=body.get("payload") or {},
+            fanned_out_at=timezone.now(),
+        )
+        fan_out([event], mark=False)
+        dispatch_after_commit()
+    return event

@@ -75,6 +75,11 @@ class Event(models.Model):
     )
     # Checkpoint number within the producing task (D7); 0 for the task's final event.
     checkpoint_n = models.PositiveIntegerField(null=True, blank=True)
+    # Invalidations (D10): the event a cascade started from, and how far down it has come.
+    origin = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    depth = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     fanned_out_at = models.DateTimeField(null=True, blank=True)
 

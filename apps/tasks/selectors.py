@@ -8,8 +8,9 @@ from typing import Any
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
+from apps.datasets.models import Commit
 from apps.orgs.models import Org
-from apps.tasks.models import Task, TaskState
+from apps.tasks.models import Task, TaskInput, TaskState
 
 THROUGHPUT_WINDOW = dt.timedelta(minutes=5)
 
@@ -68,3 +69,73 @@ def overview(orgs: QuerySet[Org]) -> dict[str, Any]:
         "nodes": sorted(nodes.values(), key=lambda e: (e["org"], e["dag"], e["node"])),
         "window_minutes": int(THROUGHPUT_WINDOW.total_seconds() // 60),
     }
+
+
+MAX_LINEAGE_DEPTH = 20
+
+
+def _commit_ref(commit: Commit) -> dict[str, Any]:
+    return {
+        "dataset": commit.dataset.dataset_id,
+        "version": commit.version,
+        "task": str(commit.producer_task_id) if commit.producer_task_id else None,
+        "range_start": commit.range_start or None,
+        "range_end": commit.range_end or None,
+    }
+
+
+def lineage(commit: Commit, depth: int = MAX_LINEAGE_DEPTH) -> dict[str, Any]:
+    """The commits `commit` was computed from (upstream) and those computed from it
+    (downstream), walked through the tasks' lineage rows, each side breadth-first."""
+    return {
+        "commit": _commit_ref(commit),
+        "upstream": _walk(commit, depth, up=True),
+        "downstream": _walk(commit, depth, up=False),
+    }
+
+
+def _walk(start: Commit, depth: int, up: bool) -> list[dict[str, Any]]:
+    seen = {start.pk}
+    frontier = [start]
+    found: list[dict[str, Any]] = []
+    for level in range(1, depth + 1):
+        following: list[Commit] = []
+        for commit in frontier:
+            for other in _inputs_of(commit) if up else _outputs_of(commit):
+                if other.pk not in seen:
+                    seen.add(other.pk)
+                    following.append(other)
+                    found.append({**_commit_ref(other), "level": level})
+        if not following:
+            break
+        frontier = following
+    return found
+
+
+def _inputs_of(commit: Commit) -> list[Commit]:
+    if commit.producer_task_id is None:
+        return []
+    rows = TaskInput.objects.filter(task_id=commit.producer_task_id)
+    commits: list[Commit] = []
+    for row in rows:
+        commits.extend(
+            Commit.objects.select_related("dataset").filter(
+                dataset__org_id=commit.dataset.org_id,
+                dataset__dataset_id=row.dataset_id,
+                generation=row.generation,
+                seq__gte=row.seq_start,
+                seq__lte=row.seq_end,
+            )
+        )
+    return commits
+
+
+def _outputs_of(commit: Commit) -> list[Commit]:
+    task_ids = TaskInput.objects.filter(
+        task__org_id=commit.dataset.org_id,
+        dataset_id=commit.dataset.dataset_id,
+        generation=commit.generation,
+        seq_start__lte=commit.seq,
+        seq_end__gte=commit.seq,
+    ).values_list("task_id", flat=True)
+    return list(Commit.objects.select_related("dataset").filter(producer_task_id__in=task_ids))

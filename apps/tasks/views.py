@@ -12,10 +12,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.datasets.models import Commit
 from apps.orgs.api import paginate, paginated, request_org
 from apps.orgs.errors import NotFound, ValidationFailed
-from apps.tasks import services
-from apps.tasks.ingest import events_ingest
+from apps.tasks import selectors, services
+from apps.tasks.ingest import dataset_invalidate, events_ingest
 from apps.tasks.models import Event, Mode, Task, TaskState
 from apps.tasks.serializers import EventOutput, IngestOutput, TaskDetailOutput, TaskOutput
 
@@ -135,3 +136,47 @@ class TaskRetryView(APIView):
     def post(self, request: Request, task_id: str) -> Response:
         task = services.task_retry(_task(request, task_id, "operate_tasks"))
         return Response(TaskOutput(_task(request, str(task.pk))).data)
+
+
+class DatasetInvalidateView(APIView):
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={202: OpenApiTypes.OBJECT},
+        description="Recompute a range: `{range_start, range_end}`. Consumers get an "
+        "`invalidate` event; consumers that `replace` cascade it downstream.",
+    )
+    def post(self, request: Request, dataset_id: str) -> Response:
+        org = request_org(request, "post_events")
+        event = dataset_invalidate(org, dataset_id, request.data)
+        return Response(
+            {"event": {"id": str(event.pk), "created": True}}, status=status.HTTP_202_ACCEPTED
+        )
+
+
+class DatasetLineageView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "version", str, description="'<generation>.<seq>'; default the newest commit"
+            )
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, dataset_id: str) -> Response:
+        org = request_org(request)
+        commits = (
+            Commit.objects.for_user(request.user)
+            .filter(dataset__org=org, dataset__dataset_id=dataset_id.lower())
+            .select_related("dataset")
+        )
+        version = request.query_params.get("version")
+        if version:
+            generation, _, seq = version.partition(".")
+            if not (generation.isdigit() and seq.isdigit()):
+                raise ValidationFailed.field("version", "must be '<generation>.<seq>'")
+            commit = commits.filter(generation=int(generation), seq=int(seq)).first()
+        else:
+            commit = commits.order_by("-generation", "-seq").first()
+        if commit is None:
+            raise NotFound(f"No commit {version or ''} of {dataset_id!r}.".replace("  ", " "))
+        return Response(selectors.lineage(commit))

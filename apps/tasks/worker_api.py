@@ -318,10 +318,14 @@ def _emit(
             )
         ],
     )[0]
+    # A `replace` write supersedes the earlier commits inside its range, so it tells the
+    # consumers to recompute that range (D10): the event is an invalidation, one level down.
+    replaces = output.get("update_strategy") == "replace"
+    source = task.event
     event = Event.objects.create(
         org_id=task.org_id,
         dataset_id=output["dataset"],
-        kind=EventKind.DATA,
+        kind=EventKind.INVALIDATE if replaces else EventKind.DATA,
         mode=task.mode,
         range_start=range_[0],
         range_end=range_[1],
@@ -329,6 +333,8 @@ def _emit(
         commit=commit,
         producer_task=task,
         checkpoint_n=checkpoint_n,
+        origin_id=(source.origin_id or source.pk) if replaces else None,
+        depth=source.depth + 1 if replaces else 0,
     )
     fan_out([event])
     return event
