@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sluice_worker.arrow_types import arrow_schema
 from sluice_worker.client import ApiError, WorkerClient
+from sluice_worker.files import filesystem_for
 from sluice_worker.handlers import load_handler
 
 logger = logging.getLogger("sluice_worker")
@@ -44,21 +44,6 @@ class NonRetryable(Exception):
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem for a local path or an s3:// URI (endpoint from the environment)."""
-    if uri.startswith("s3://"):
-        endpoint = os.environ.get("SLUICE_AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def to_table(result: Any, schema: dict[str, str] | None) -> pa.Table | None:

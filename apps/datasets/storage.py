@@ -19,6 +19,7 @@ from django.conf import settings
 
 from apps.datasets.models import Dataset
 from apps.orgs.errors import FieldError, ValidationFailed
+from sluice_worker import files as worker_files
 from sluice_worker.arrow_types import arrow_schema, parse_arrow_type
 
 
@@ -27,20 +28,10 @@ def storage_root() -> str:
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and in-filesystem path of a local path or an s3:// URI."""
-    if uri.startswith("s3://"):
-        endpoint = settings.SLUICE_AWS_ENDPOINT_URL
-        kwargs: dict[str, object] = {"region": settings.SLUICE_AWS_REGION}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host, scheme=scheme)
-        access_key = os.environ.get("AWS_ACCESS_KEY_ID")
-        if access_key:
-            kwargs.update(
-                access_key=access_key, secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-            )
-        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    """The filesystem of a local path or an s3:// URI, with the platform's S3 settings."""
+    return worker_files.filesystem_for(
+        uri, settings.SLUICE_AWS_ENDPOINT_URL or None, settings.SLUICE_AWS_REGION
+    )
 
 
 def generation_prefix(dataset: Dataset, generation: int) -> str:
