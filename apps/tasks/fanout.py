@@ -3,6 +3,7 @@ version of the org that consumes the event's dataset."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,9 +11,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from apps.dags.models import Dag, DagVersion, VersionState
+from apps.dags.models import Dag, DagNode, DagVersion, VersionState
+from apps.tasks import lifecycle
 from apps.tasks.lifecycle import bump_lane, counted_atomic
-from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task
+from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
 from apps.tasks.runtimes import runtime_of, runtimes
 
 # Nodes that never run as tasks: sources have no inputs; virtual sql is inlined by queries.
@@ -24,6 +26,7 @@ class Consumer:
     version_id: int
     node_id: str
     node: dict[str, Any]
+    node_hash: str
 
 
 _CONSUMER_INDEX: dict[tuple[int, str], dict[str, tuple[Consumer, ...]]] = {}
@@ -40,11 +43,14 @@ def _consumers_by_dataset(version: DagVersion) -> dict[str, tuple[Consumer, ...]
     if index is None:
         if len(_CONSUMER_INDEX) >= _CONSUMER_INDEX_SIZE:
             _CONSUMER_INDEX.clear()
-        index = _CONSUMER_INDEX[key] = _consumer_index(version.pk, version.config)
+        hashes = dict(DagNode.objects.filter(version=version).values_list("node_id", "node_hash"))
+        index = _CONSUMER_INDEX[key] = _consumer_index(version.pk, version.config, hashes)
     return index
 
 
-def _consumer_index(version_id: int, config: dict[str, Any]) -> dict[str, tuple[Consumer, ...]]:
+def _consumer_index(
+    version_id: int, config: dict[str, Any], hashes: dict[str, str]
+) -> dict[str, tuple[Consumer, ...]]:
     nodes = {node["id"]: node for node in config["nodes"]}
     index: dict[str, list[Consumer]] = {}
     for node in nodes.values():
@@ -58,8 +64,42 @@ def _consumer_index(version_id: int, config: dict[str, Any]) -> dict[str, tuple[
                 if upstream["kind"] not in _DATA_PRODUCERS or "output" not in upstream:
                     continue  # manifests of control nodes are routed by those nodes
                 dataset = upstream["output"]["dataset"]
-            index.setdefault(dataset, []).append(Consumer(version_id, node["id"], node))
+            index.setdefault(dataset, []).append(
+                Consumer(version_id, node["id"], node, hashes.get(node["id"], ""))
+            )
     return {dataset: tuple(consumers) for dataset, consumers in index.items()}
+
+
+def memo_key(consumer: Consumer, event: Event) -> str:
+    """D9: the same node (by hash, so the same code and upstream) on the same input commit
+    computes the same thing. Invalidations and events without a commit never memoize."""
+    if event.kind != EventKind.DATA or event.commit_id is None or not consumer.node_hash:
+        return ""
+    commit = event.commit
+    assert commit is not None
+    parts = [
+        consumer.node_hash,
+        event.kind,
+        event.range_start,
+        event.range_end,
+        f"{event.dataset_id}@{commit.version}",
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _skip_memoized(tasks: list[Task]) -> None:
+    """New tasks whose memo key already succeeded end as skipped_memoized, without running."""
+    keys = {t.memo_key for t in tasks if t.memo_key}
+    if not keys:
+        return
+    done = set(
+        Task.objects.filter(memo_key__in=keys, state=TaskState.SUCCEEDED).values_list(
+            "memo_key", flat=True
+        )
+    )
+    repeats = [t for t in tasks if t.memo_key in done]
+    if repeats:
+        lifecycle.task_skip_memoized_many(repeats)
 
 
 def _lane(event: Event, version_state: str) -> str:
@@ -133,6 +173,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
                         lane=lane,
                         mode=event.mode,
                         max_attempts=int(retry.get("max_attempts", 3)),
+                        memo_key=memo_key(consumer, event),
                     )
                 )
                 lanes.setdefault(version.pk, set()).add((consumer.node_id, lane))
@@ -146,6 +187,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
         (t.dag_version_id, t.node_id, t.lane) for t in created
     ).items():
         bump_lane(version_id, node_id, lane, pending=count, in_flight=0)
+    _skip_memoized(created)
     if mark:
         Event.objects.filter(pk__in=[e.pk for e in events]).update(fanned_out_at=timezone.now())
     return created

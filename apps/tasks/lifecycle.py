@@ -4,7 +4,7 @@
     retry_wait -> pending;  queued -> pending;  pending | queued | retry_wait -> canceled
     pending -> skipped_memoized;  failed | canceled -> pending (retry by hand)
 
-Every transition goes through `_move` (one task, a row the caller locked) or `_move_many`
+Every transition goes through `_move` (one task, a row the caller locked) or `move_many`
 (rows the caller locked, moved with a conditional UPDATE per group). Both refuse illegal
 moves and adjust the (version, node, lane) counter rows in the same transaction, so the
 counters and the task states cannot drift apart.
@@ -124,7 +124,7 @@ def _move(task: Task, to: str, **fields: Any) -> Task:
     return task
 
 
-def _move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
+def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
     """Move locked tasks in bulk: one conditional UPDATE and one counter bump per group."""
     groups: dict[tuple[str, int, str, str], list[Task]] = {}
     for task in tasks:
@@ -169,12 +169,12 @@ def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:
 def task_queue_many(tasks: list[Task]) -> list[Task]:
     """pending -> queued, at dispatch. Each queueing gets a new dispatch count (and token)."""
     now = timezone.now()
-    return _move_many(tasks, S.QUEUED, queued_at=now, dispatch_count=F("dispatch_count") + 1)
+    return move_many(tasks, S.QUEUED, queued_at=now, dispatch_count=F("dispatch_count") + 1)
 
 
 def task_requeue_many(tasks: list[Task]) -> list[Task]:
     """queued -> pending: the send failed, the message was lost, or an operator requeued."""
-    return _move_many(tasks, S.PENDING, queued_at=None)
+    return move_many(tasks, S.PENDING, queued_at=None)
 
 
 def task_start(task: Task, *, lease_token: str, lease_ttl_s: float, timeout_s: float) -> Task:
@@ -214,7 +214,7 @@ def task_attempt_failed(
 
 def task_release_many(tasks: list[Task]) -> list[Task]:
     """retry_wait -> pending, once the backoff has passed."""
-    return _move_many(tasks, S.PENDING, next_attempt_at=None)
+    return move_many(tasks, S.PENDING, next_attempt_at=None)
 
 
 def task_cancel(task: Task) -> Task:
@@ -226,8 +226,9 @@ def task_cancel(task: Task) -> Task:
     )
 
 
-def task_skip_memoized(task: Task) -> Task:
-    return _move(task, S.SKIPPED_MEMOIZED, finished_at=timezone.now())
+def task_skip_memoized_many(tasks: list[Task]) -> list[Task]:
+    """pending -> skipped_memoized: their memo key already succeeded (D9)."""
+    return move_many(tasks, S.SKIPPED_MEMOIZED, finished_at=timezone.now())
 
 
 def task_retry_by_hand(task: Task) -> Task:

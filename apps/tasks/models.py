@@ -149,6 +149,7 @@ class Task(models.Model):
         Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     cancel_requested = models.BooleanField(default=False)
+    memo_key = models.CharField(max_length=64, blank=True, help_text="D9; empty: never memoized")
 
     objects = OrgScopedQuerySet.as_manager()
 
@@ -179,6 +180,11 @@ class Task(models.Model):
             models.Index(fields=["org", "-created_at"], name="task_org_recent_idx"),
             models.Index(fields=["org", "state", "-created_at"], name="task_org_state_idx"),
             models.Index(fields=["finished_at"], name="task_finished_idx"),
+            models.Index(
+                fields=["memo_key"],
+                condition=Q(state="succeeded") & ~Q(memo_key=""),
+                name="task_memo_idx",
+            ),
         ]
         ordering = ["-created_at"]
 

@@ -48,7 +48,7 @@ def _end_running(tasks: list[Task], outcome: str, error: dict[str, str]) -> None
     )
     retry = _retry_configs(tasks)
     exhausted = [t for t in tasks if t.attempts_used >= t.max_attempts]
-    lifecycle._move_many(
+    lifecycle.move_many(
         exhausted,
         TaskState.FAILED,
         lease_token=None,
@@ -63,7 +63,7 @@ def _end_running(tasks: list[Task], outcome: str, error: dict[str, str]) -> None
             waiting[(task.dag_version_id, task.node_id, task.attempts_used)].append(task)
     for (version_id, node_id, _), group in waiting.items():
         delay = lifecycle.backoff_delay(group[0], retry.get((version_id, node_id), {}))
-        lifecycle._move_many(
+        lifecycle.move_many(
             group,
             TaskState.RETRY_WAIT,
             lease_token=None,
