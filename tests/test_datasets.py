@@ -260,3 +260,17 @@ def test_datasets_of_other_orgs_are_404(world: World, items):
     assert outsider.get("/v1/datasets").json()["results"] == []
     listed = world["viewer"].client().get("/v1/datasets").json()["results"]
     assert {d["dataset"] for d in listed} >= {"shop.items", "shop.items_copy"}
+
+
+def test_append_with_unique_key_reads_one_row_per_key_latest_wins(world: World, recorder):
+    config = typed_chain({"id": "int64", "name": "string"})
+    config["nodes"][0]["output"]["unique_key"] = ["id"]
+    deploy(world.acme, config)
+    client = world["operator"].client()
+    post(client, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], key="one")
+    post(
+        client, [{"id": 1, "name": "z"}, {"id": 3, "name": "c"}, {"id": 3, "name": "d"}], key="two"
+    )
+    rows = client.get("/v1/datasets/shop.items/data").json()["results"]
+    assert sorted((r["id"], r["name"]) for r in rows) == [(1, "z"), (2, "b"), (3, "d")]
+    assert Commit.objects.filter(dataset__dataset_id="shop.items").count() == 2  # both kept

@@ -201,6 +201,26 @@ def _overlaps(dataset: Dataset, commit: Commit, start: str, end: str) -> bool:
     return commit.range_start < end and start < commit.range_end
 
 
+def _latest_per_key(commits: list[Commit], key: list[str]) -> Iterator[pa.RecordBatch]:
+    """`append` with a `unique_key` (D10): one row per key, the latest commit winning (and
+    within a commit, the last row). Newest commits first; only the keys seen are held in
+    memory, one commit's rows at a time."""
+    seen: set[tuple[object, ...]] = set()
+    for commit in reversed(commits):
+        files = [f["path"] for f in commit.files]
+        if not files:
+            continue
+        table = pa.Table.from_batches(list(read_batches(files)))
+        keys = list(zip(*(table.column(c).to_pylist() for c in key), strict=True))
+        keep = [False] * len(keys)
+        for index in range(len(keys) - 1, -1, -1):
+            if keys[index] not in seen:
+                seen.add(keys[index])
+                keep[index] = True
+        kept = table.filter(pa.array(keep, pa.bool_()))
+        yield from kept.to_batches()
+
+
 def _files(commits: list[Commit]) -> list[str]:
     return [f["path"] for c in commits for f in c.files]
 
@@ -307,8 +327,12 @@ class DatasetDataView(APIView):
             raise ValidationFailed.field(
                 "limit", f"at most {MAX_JSON_ROWS} rows as JSON; use format=parquet or arrow"
             )
-        files = _files(_selected_commits(dataset, params))
-        batches = _limited(read_batches(files), offset, limit)
+        commits = _selected_commits(dataset, params)
+        if dataset.update_strategy == "append" and dataset.unique_key:
+            source: Iterator[pa.RecordBatch] = _latest_per_key(commits, list(dataset.unique_key))
+        else:
+            source = read_batches(_files(commits))
+        batches = _limited(source, offset, limit)
         if fmt == "json":
             rows = [
                 {k: _json_value(v) for k, v in row.items()}
