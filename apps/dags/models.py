@@ -20,11 +20,8 @@ class VersionState(models.TextChoices):
     RETIRED = "retired", "Retired"
 
 
-# Versions that may still become (or are) active, and the ones that never will again.
+# Versions whose nodes receive events: the active one, and one being built beside it.
 LIVE_VERSION_STATES = frozenset({VersionState.BUILDING, VersionState.ACTIVE})
-FINAL_VERSION_STATES = frozenset(
-    {VersionState.FAILED, VersionState.ABANDONED, VersionState.RETIRED}
-)
 
 
 class Lane(models.TextChoices):

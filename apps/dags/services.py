@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.dags import hooks, lifecycle
 from apps.dags.catalog import OutputClaim, catalog_registry
-from apps.dags.models import Dag, DagNode, DagVersion, Lane, VersionState
+from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, Lane, VersionState
 from apps.dags.plan import Diff, NodePlan, canonical_json, diff_plans, plan_nodes, sha256
 from apps.dags.schema import MAX_CONFIG_BYTES
 from apps.dags.validation import ValidatedDag, ValidationContext, validate_dag_config
@@ -275,7 +275,7 @@ def version_diff(version: DagVersion) -> dict[str, list[str]]:
 def secret_references(org: Org, name: str) -> list[str]:
     """`dag/node` of active versions' nodes that name the secret (for secrets' metadata)."""
     nodes = DagNode.objects.filter(
-        version__dag__org=org, version__state__in=[VersionState.ACTIVE, VersionState.BUILDING]
+        version__dag__org=org, version__state__in=LIVE_VERSION_STATES
     ).select_related("version__dag")
     found = []
     for node in nodes:

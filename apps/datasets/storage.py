@@ -173,11 +173,9 @@ def write_table(table: pa.Table, uri: str) -> FileFacts:
     return FileFacts(uri, table.num_rows, int(info.size or 0), table.schema)
 
 
-def read_batches(
-    uris: list[str], columns: list[str] | None = None, batch_rows: int = 10_000
-) -> Iterator[pa.RecordBatch]:
+def read_batches(uris: list[str], batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
     """Record batches of the files in order, never the whole dataset in memory."""
     for uri in uris:
         filesystem, path = filesystem_for(uri)
         with filesystem.open_input_file(path) as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)

@@ -97,7 +97,7 @@ class TaskAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
         "next_attempt_at",
         "error",
     )
-    exclude = ("event", "output_event", "lease_token", "dispatch_count", "cancel_requested")
+    exclude = ("event", "output_event", "lease_token", "dispatch_count")
     inlines = (AttemptInline, TaskInputInline)
     actions = ("retry", "cancel", "requeue")
     date_hierarchy = None

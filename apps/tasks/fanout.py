@@ -11,7 +11,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from apps.dags.models import Dag, DagNode, DagVersion, VersionState
+from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import bump_lane, counted_atomic
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
@@ -150,7 +150,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
     org_ids = {e.org_id for e in events}
     versions = list(
         DagVersion.objects.filter(
-            dag__org_id__in=org_ids, state__in=[VersionState.ACTIVE, VersionState.BUILDING]
+            dag__org_id__in=org_ids, state__in=LIVE_VERSION_STATES
         ).select_related("dag")
     )
     tasks: list[Task] = []

@@ -202,14 +202,38 @@ def task_succeed(task: Task, *, output_event_id: Any) -> Task:
     )
 
 
+def _retries_left(task: Task, retryable: bool = True) -> bool:
+    return retryable and task.attempts_used < task.max_attempts
+
+
 def task_attempt_failed(
     task: Task, *, error: dict[str, Any], retryable: bool, retry: dict[str, Any]
 ) -> Task:
     """running -> retry_wait while attempts remain (and the error is retryable), else failed."""
-    if retryable and task.attempts_used < task.max_attempts:
+    if _retries_left(task, retryable):
         next_at = timezone.now() + backoff_delay(task, retry)
         return _move(task, S.RETRY_WAIT, **_ended(error=error, next_attempt_at=next_at))
     return _move(task, S.FAILED, **_ended(error=error, finished_at=timezone.now()))
+
+
+def task_attempts_ended_many(
+    tasks: list[Task], *, error: dict[str, Any], retry_of: dict[tuple[int, str], dict[str, Any]]
+) -> None:
+    """The bulk form of `task_attempt_failed` for the Reaper (expired leases, timeouts):
+    `retry_of` maps (version id, node id) to the node's retry config."""
+    now = timezone.now()
+    move_many(
+        [t for t in tasks if not _retries_left(t)],
+        S.FAILED,
+        **_ended(error=error, finished_at=now),
+    )
+    waiting: dict[tuple[int, str, int], list[Task]] = defaultdict(list)
+    for task in tasks:
+        if _retries_left(task):
+            waiting[(task.dag_version_id, task.node_id, task.attempts_used)].append(task)
+    for (version_id, node_id, _), group in waiting.items():
+        delay = backoff_delay(group[0], retry_of.get((version_id, node_id), {}))
+        move_many(group, S.RETRY_WAIT, **_ended(error=error, next_attempt_at=now + delay))
 
 
 def task_release_many(tasks: list[Task]) -> list[Task]:
@@ -222,7 +246,7 @@ def task_cancel(task: Task) -> Task:
     return _move(
         task,
         S.CANCELED,
-        **_ended(finished_at=timezone.now(), cancel_requested=True, next_attempt_at=None),
+        **_ended(finished_at=timezone.now(), next_attempt_at=None),
     )
 
 
@@ -239,6 +263,5 @@ def task_retry_by_hand(task: Task) -> Task:
         attempts_base=task.attempt,
         error=None,
         finished_at=None,
-        cancel_requested=False,
         next_attempt_at=None,
     )

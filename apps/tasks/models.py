@@ -39,9 +39,6 @@ IN_FLIGHT_STATES = frozenset({TaskState.QUEUED, TaskState.RUNNING})
 OPEN_STATES = frozenset(
     {TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRY_WAIT}
 )
-TERMINAL_STATES = frozenset(
-    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED, TaskState.SKIPPED_MEMOIZED}
-)
 
 
 class AttemptOutcome(models.TextChoices):
@@ -148,7 +145,6 @@ class Task(models.Model):
     output_event = models.ForeignKey(
         Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    cancel_requested = models.BooleanField(default=False)
     memo_key = models.CharField(max_length=64, blank=True, help_text="D9; empty: never memoized")
 
     objects = OrgScopedQuerySet.as_manager()

@@ -12,7 +12,6 @@ Any number of reapers may run: rows are claimed with SKIP LOCKED and moved condi
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,32 +45,7 @@ def _end_running(tasks: list[Task], outcome: str, error: dict[str, str]) -> None
     Attempt.objects.filter(lease_token__in=[t.lease_token for t in tasks], outcome="").update(
         outcome=outcome, ended_at=now, error=error
     )
-    retry = _retry_configs(tasks)
-    exhausted = [t for t in tasks if t.attempts_used >= t.max_attempts]
-    lifecycle.move_many(
-        exhausted,
-        TaskState.FAILED,
-        lease_token=None,
-        lease_expires_at=None,
-        deadline_at=None,
-        error=error,
-        finished_at=now,
-    )
-    waiting: dict[tuple[int, str, int], list[Task]] = defaultdict(list)
-    for task in tasks:
-        if task.attempts_used < task.max_attempts:
-            waiting[(task.dag_version_id, task.node_id, task.attempts_used)].append(task)
-    for (version_id, node_id, _), group in waiting.items():
-        delay = lifecycle.backoff_delay(group[0], retry.get((version_id, node_id), {}))
-        lifecycle.move_many(
-            group,
-            TaskState.RETRY_WAIT,
-            lease_token=None,
-            lease_expires_at=None,
-            deadline_at=None,
-            error=error,
-            next_attempt_at=now + delay,
-        )
+    lifecycle.task_attempts_ended_many(tasks, error=error, retry_of=_retry_configs(tasks))
 
 
 _REAP_FIELDS = (

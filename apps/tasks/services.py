@@ -7,7 +7,7 @@ from apps.dags.models import Dag
 from apps.orgs.errors import Conflict
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import counted_atomic
-from apps.tasks.models import AttemptOutcome, NodeLane, Task, TaskState
+from apps.tasks.models import OPEN_STATES, AttemptOutcome, NodeLane, Task, TaskState
 from apps.tasks.triggers import dispatch_after_commit
 
 
@@ -22,10 +22,7 @@ def task_cancel(task: Task) -> Task:
         locked = _locked(task)
         if locked.state == TaskState.CANCELED:
             return locked
-        if (
-            locked.state not in lifecycle.ALLOWED
-            or TaskState.CANCELED not in lifecycle.ALLOWED[locked.state]
-        ):
+        if locked.state not in OPEN_STATES:
             raise Conflict(f"A {locked.state} task cannot be canceled.", code="not_cancelable")
         lease = locked.lease_token
         lifecycle.task_cancel(locked)
