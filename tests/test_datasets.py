@@ -274,3 +274,122 @@ def test_append_with_unique_key_reads_one_row_per_key_latest_wins(world: World, 
     rows = client.get("/v1/datasets/shop.items/data").json()["results"]
     assert sorted((r["id"], r["name"]) for r in rows) == [(1, "z"), (2, "b"), (3, "d")]
     assert Commit.objects.filter(dataset__dataset_id="shop.items").count() == 2  # both kept
+
+
+def _arrow_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def test_rows_as_an_arrow_or_parquet_body_with_the_event_fields_as_query_parameters(items):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int32()),  # cast to the dataset's int64
+            "name": ["ada", "grace"],
+            "ts": pa.array([0, 1_000_000], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    url = "/v1/events?dataset=shop.items&idempotency_key=a1&range_start=0&range_end=10"
+    sent = items.post(
+        url + '&payload={"batch":7}',
+        _arrow_stream(table),
+        content_type="application/vnd.apache.arrow.stream",
+    )
+    assert sent.status_code == 202, sent.json()
+    event = Event.objects.get()
+    assert (event.commit.rows, event.payload, event.range_end) == (2, {"batch": 7}, "10")
+    again = items.post(url, _parquet(table), content_type="application/vnd.apache.parquet")
+    assert again.json()["events"][0]["created"] is False
+    parquet = items.post(
+        url.replace("a1", "p1"), _parquet(table), content_type="application/vnd.apache.parquet"
+    )
+    assert parquet.status_code == 202
+    rows = items.get("/v1/datasets/shop.items/data").json()["results"]
+    assert [r["name"] for r in rows] == ["ada", "grace", "ada", "grace"]
+    assert Dataset.objects.get(dataset_id="shop.items").schema == SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "query", "path"),
+    [
+        (b"not arrow", "application/vnd.apache.arrow.stream", "", "body"),
+        (b"", "application/vnd.apache.parquet", "", "body"),
+        (
+            _arrow_stream(pa.table({"id": ["x"], "name": ["a"]})),
+            "application/vnd.apache.arrow.stream",
+            "",
+            "rows.id",
+        ),
+        (
+            _parquet(pa.table({"id": pa.array([1], pa.int64())})),
+            "application/vnd.apache.parquet",
+            "&colour=red",
+            "colour",
+        ),
+        (
+            _parquet(pa.table({"id": pa.array([1], pa.int64())})),
+            "application/vnd.apache.parquet",
+            "&payload=[1",
+            "payload",
+        ),
+    ],
+)
+def test_bad_table_bodies_are_400_naming_the_problem(items, body, content_type, query, path):
+    response = items.post(
+        f"/v1/events?dataset=shop.items&range_start=0&range_end=1{query}",
+        body,
+        content_type=content_type,
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"][0]["path"] == path
+    assert not Event.objects.exists() and not Commit.objects.exists()
+
+
+def test_files_written_by_the_client_under_the_landing_prefix(items, tmp_path):
+    landing = items.get("/v1/datasets/shop.items").json()["landing_prefix"]
+    assert landing.endswith("/shop/items/g1/_landing/")
+    Path(landing).mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "id": pa.array([5, 6], pa.int64()),
+            "name": ["x", "y"],
+            "ts": pa.array([None, None], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    pq.write_table(table, landing + "mine.parquet")
+    outside = tmp_path / "outside.parquet"
+    pq.write_table(table, outside)
+
+    def send(files, key="f"):  # type: ignore[no-untyped-def]
+        body = {"dataset": "shop.items", "idempotency_key": key, "files": files}
+        return items.post("/v1/events", body, format="json")
+
+    bad = send([{"path": str(outside), "rows": 2}])
+    assert bad.status_code == 400 and bad.json()["errors"][0]["path"] == "files[0].path"
+    lying = send([{"path": landing + "mine.parquet", "rows": 3}])
+    assert lying.json()["errors"][0]["path"] == "files[0].rows"
+    both = items.post(
+        "/v1/events",
+        {"dataset": "shop.items", "rows": [], "files": [{"path": landing + "mine.parquet"}]},
+        format="json",
+    )
+    assert both.status_code == 400 and both.json()["errors"][0]["path"] == "files"
+    assert not Commit.objects.exists()
+    ok = send([{"path": landing + "mine.parquet", "rows": 2}])
+    assert ok.status_code == 202, ok.json()
+    assert Commit.objects.get().files[0]["path"] == landing + "mine.parquet"
+    assert (
+        send([{"path": landing + "mine.parquet", "rows": 2}]).json()["events"][0]["created"]
+        is False
+    )
+    assert Path(landing + "mine.parquet").exists()  # a repeat never deletes the client's file
+    rows = items.get("/v1/datasets/shop.items/data").json()["results"]
+    assert [(r["id"], r["ts"]) for r in rows] == [(5, None), (6, None)]

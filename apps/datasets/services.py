@@ -1,4 +1,5 @@
-"""Commits into generations (D2, D7). Storage checks and loading come with the backends."""
+"""Commits into generations (D2, D7): seq numbers under the generation lock, schema rules,
+file checks, and loading into the postgres backend in the same transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 from django.db import IntegrityError, transaction
 
+from apps.datasets import pg
 from apps.datasets.models import Commit, Dataset, Generation
 from apps.datasets.storage import FileFacts, evolve_schema, inspect_file, is_under
 from apps.orgs.errors import FieldError, NotFound, ValidationFailed
@@ -90,7 +92,47 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
             made[index] = commit
         Commit.objects.bulk_create(rows)
         Generation.objects.filter(pk=generation.pk).update(last_seq=generation.last_seq)
+        if dataset.backend == "postgres":
+            _load_postgres(dataset, generation.number, rows)
     return [c for c in made if c is not None]
+
+
+def _load_postgres(dataset: Dataset, generation: int, commits: list[Commit]) -> None:
+    """Load the new commits into the generation's table (generation row locked); a `replace`
+    commit then deletes the rows of the commits it supersedes."""
+    for commit in commits:
+        pg.load_commit(dataset, generation, commit.seq, [f["path"] for f in commit.files])
+        if dataset.update_strategy == "replace":
+            earlier = Commit.objects.filter(
+                dataset=dataset, generation=generation, seq__lt=commit.seq, rows__gt=0
+            ).only("seq", "range_start", "range_end")
+            pg.delete_commits(
+                dataset,
+                generation,
+                [c.seq for c in earlier if covers(dataset.range_type, commit, c)],
+            )
+
+
+def covers(range_type: str, outer: Commit, inner: Commit) -> bool:
+    """Whether `inner`'s range lies inside `outer`'s; a commit without a range covers all."""
+    if not outer.range_start:
+        return True
+    if not inner.range_start:
+        return False
+    if range_type == "int":
+        return int(outer.range_start) <= int(inner.range_start) and int(inner.range_end) <= int(
+            outer.range_end
+        )
+    return outer.range_start <= inner.range_start and inner.range_end <= outer.range_end
+
+
+def not_superseded(dataset: Dataset, commits: list[Commit]) -> list[Commit]:
+    """`replace` (D10): a commit supersedes every earlier commit whose range lies in its own."""
+    kept: list[Commit] = []
+    for commit in reversed(commits):  # newest first
+        if not any(covers(dataset.range_type, later, commit) for later in kept):
+            kept.append(commit)
+    return list(reversed(kept))
 
 
 def _evolve(dataset: Dataset, requests: list[CommitRequest]) -> None:

@@ -8,6 +8,7 @@ where they lie (S3 has no atomic rename).
 
 from __future__ import annotations
 
+import decimal
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def generation_prefix(dataset: Dataset, generation: int) -> str:
     return f"{storage_root()}/{dataset.storage_prefix}/g{generation}"
+
+
+def landing_prefix(dataset: Dataset) -> str:
+    """Where sources' files lie before their commit: the platform's, and a client's own."""
+    return f"{generation_prefix(dataset, dataset.live_generation)}/_landing/"
 
 
 def is_under(uri: str, prefix: str) -> bool:
@@ -141,7 +147,14 @@ def cast_rows(rows: list[object], schema: dict[str, str], where: str) -> pa.Tabl
         target = parse_arrow_type(type_text)
         try:
             arrays.append(_cast_column(columns[name], target))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            decimal.InvalidOperation,
+        ):
             index = _first_bad(columns[name], target)
             raise ValidationFailed.field(
                 f"{where}[{index}].{name}",
@@ -150,8 +163,35 @@ def cast_rows(rows: list[object], schema: dict[str, str], where: str) -> pa.Tabl
     return pa.Table.from_arrays(arrays, schema=arrow_schema(schema))
 
 
+def conform_table(table: pa.Table, schema: dict[str, str], where: str) -> pa.Table:
+    """A table sent as Arrow or parquet, its known columns cast to the dataset's types (a safe
+    cast: nothing truncated); the schema rules of D2 judge the rest at commit."""
+    if not schema:
+        return table
+    expected = arrow_schema(schema)
+    columns = []
+    for field in table.schema:
+        column = table.column(field.name)
+        if field.name in schema and not field.type.equals(expected.field(field.name).type):
+            try:
+                column = column.cast(expected.field(field.name).type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise ValidationFailed.field(
+                    f"{where}.{field.name}",
+                    f"{type_name(field.type)} cannot be cast to {schema[field.name]}: {exc}",
+                ) from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
 def _cast_column(values: list[object], target: pa.DataType) -> pa.Array:
-    if pa.types.is_timestamp(target) and any(isinstance(v, str) for v in values):
+    """JSON has no dates, times or decimals: they arrive as text (decimals also as numbers)."""
+    if pa.types.is_decimal(target):
+        values = [
+            decimal.Decimal(str(v)) if isinstance(v, str | float) and not isinstance(v, bool) else v
+            for v in values
+        ]
+    elif pa.types.is_temporal(target) and any(isinstance(v, str) for v in values):
         return pa.array(values, pa.string()).cast(target)
     return pa.array(values, type=target)
 
@@ -160,7 +200,14 @@ def _first_bad(values: list[object], target: pa.DataType) -> int:
     for index, value in enumerate(values):
         try:
             _cast_column([value], target)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            decimal.InvalidOperation,
+        ):
             return index
     return 0
 

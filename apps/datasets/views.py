@@ -4,6 +4,7 @@ in batches so no request ever loads a whole dataset into memory."""
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +20,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.datasets import pg
 from apps.datasets.models import Commit, Dataset
 from apps.datasets.ranges import canonical_range
-from apps.datasets.storage import read_batches
+from apps.datasets.services import not_superseded
+from apps.datasets.storage import landing_prefix, read_batches
 from apps.orgs.api import paginate, paginated, request_org
 from apps.orgs.errors import NotFound, ValidationFailed
 from sluice_worker.arrow_types import arrow_schema
@@ -35,6 +38,9 @@ class DatasetOutput(serializers.ModelSerializer):
     rows = serializers.IntegerField()
     bytes = serializers.IntegerField()
     commits = serializers.IntegerField(source="commit_count")
+    landing_prefix = serializers.SerializerMethodField(
+        help_text="Where a source's client may write parquet files to name in an event's `files`."
+    )
 
     class Meta:
         model = Dataset
@@ -50,8 +56,12 @@ class DatasetOutput(serializers.ModelSerializer):
             "rows",
             "bytes",
             "commits",
+            "landing_prefix",
             "updated_at",
         ]
+
+    def get_landing_prefix(self, dataset: Dataset) -> str:
+        return landing_prefix(dataset)
 
 
 class CommitOutput(serializers.ModelSerializer):
@@ -152,7 +162,7 @@ def _selected_commits(dataset: Dataset, params: Any) -> list[Commit]:
         commits = commits.filter(seq__lte=last_seq)
     selected = list(commits)
     if dataset.update_strategy == "replace":
-        selected = _not_superseded(dataset, selected)
+        selected = not_superseded(dataset, selected)
     if params.get("range_start") is not None or params.get("range_end") is not None:
         start, end = canonical_range(
             dataset.range_type,
@@ -161,27 +171,6 @@ def _selected_commits(dataset: Dataset, params: Any) -> list[Commit]:
         )
         selected = [c for c in selected if _overlaps(dataset, c, start, end)]
     return selected
-
-
-def _covers(dataset: Dataset, outer: Commit, inner: Commit) -> bool:
-    if not outer.range_start:
-        return True  # a replace without a range replaces everything before it
-    if not inner.range_start:
-        return False
-    if dataset.range_type == "int":
-        return int(outer.range_start) <= int(inner.range_start) and int(inner.range_end) <= int(
-            outer.range_end
-        )
-    return outer.range_start <= inner.range_start and inner.range_end <= outer.range_end
-
-
-def _not_superseded(dataset: Dataset, commits: list[Commit]) -> list[Commit]:
-    """`replace` (D10): a commit supersedes every earlier commit whose range lies in its own."""
-    kept: list[Commit] = []
-    for commit in reversed(commits):  # newest first
-        if not any(_covers(dataset, later, commit) for later in kept):
-            kept.append(commit)
-    return list(reversed(kept))
 
 
 def _typed(dataset: Dataset, params: Any, name: str) -> object:
@@ -226,6 +215,8 @@ def _files(commits: list[Commit]) -> list[str]:
 
 
 def _json_value(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact, as a float would not be
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
@@ -328,11 +319,28 @@ class DatasetDataView(APIView):
                 "limit", f"at most {MAX_JSON_ROWS} rows as JSON; use format=parquet or arrow"
             )
         commits = _selected_commits(dataset, params)
-        if dataset.update_strategy == "append" and dataset.unique_key:
-            source: Iterator[pa.RecordBatch] = _latest_per_key(commits, list(dataset.unique_key))
+        if dataset.backend == "postgres":
+            # Rows carry the seq of the commit that last wrote them; the table already holds
+            # one row per unique_key and none of the superseded commits.
+            filtered = any(
+                params.get(p) is not None for p in ("version", "range_start", "range_end")
+            )
+            paged = fmt == "json" or "limit" in params or "offset" in params
+            batches: Iterator[pa.RecordBatch] = pg.read_batches(
+                dataset,
+                int(commits[0].generation) if commits else dataset.live_generation,
+                [c.seq for c in commits] if filtered else None,
+                offset if paged else 0,
+                limit if paged else None,
+            )
         else:
-            source = read_batches(_files(commits))
-        batches = _limited(source, offset, limit)
+            if dataset.update_strategy == "append" and dataset.unique_key:
+                source: Iterator[pa.RecordBatch] = _latest_per_key(
+                    commits, list(dataset.unique_key)
+                )
+            else:
+                source = read_batches(_files(commits))
+            batches = _limited(source, offset, limit)
         if fmt == "json":
             rows = [
                 {k: _json_value(v) for k, v in row.items()}

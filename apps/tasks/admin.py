@@ -1,4 +1,5 @@
-"""Operator admin: tasks (with attempts and logs), events, dispatch lanes, and an overview."""
+"""Operator admin: tasks (with attempts and logs), events, dispatch lanes, an overview, and a
+lineage page per commit."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from apps.dags import services as dag_services
+from apps.datasets.models import Commit
 from apps.orgs.access import orgs_with_perm
 from apps.orgs.admin_base import (
     ActionsOnlyAdminMixin,
@@ -131,7 +133,12 @@ class TaskAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
 
     def get_urls(self) -> list[Any]:
         overview = self.admin_site.admin_view(self.overview_view)
-        return [path("overview/", overview, name="tasks_overview"), *super().get_urls()]
+        lineage = self.admin_site.admin_view(self.commit_lineage_view)
+        return [
+            path("overview/", overview, name="tasks_overview"),
+            path("lineage/<int:commit_id>/", lineage, name="tasks_commit_lineage"),
+            *super().get_urls(),
+        ]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         context = {
@@ -140,6 +147,24 @@ class TaskAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
             "overview": selectors.overview(orgs_with_perm(request.user, "view_org")),
         }
         return TemplateResponse(request, "admin/tasks/overview.html", context)
+
+    def commit_lineage_view(self, request: HttpRequest, commit_id: int) -> HttpResponse:
+        """A commit's lineage one level each way. Lives here because `datasets` cannot read
+        tasks; another org's commit is a 404, as in the API."""
+        commit = (
+            Commit.objects.for_user(request.user, "view_org")
+            .select_related("dataset__org")
+            .filter(pk=commit_id)
+            .first()
+        )
+        if commit is None:
+            raise Http404("No such commit.")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Lineage of {commit}",
+            "lineage": selectors.commit_lineage(commit),
+        }
+        return TemplateResponse(request, "admin/tasks/commit_lineage.html", context)
 
 
 @admin.register(Event)

@@ -14,6 +14,12 @@ def _tasks_panel(org: Any) -> dict[str, Any]:
     return {"counts": [(label, counts.get(state, 0)) for state, label in TaskState.choices]}
 
 
+def _commit_lineage_link(commit: Any) -> tuple[str, str]:
+    from django.urls import reverse
+
+    return ("lineage", reverse("admin:tasks_commit_lineage", args=[commit.pk]))
+
+
 def _check_lambda_node(node: dict[str, Any]) -> list[tuple[str, str]]:
     if node.get("runtime") != "lambda" or not isinstance(node.get("function"), str):
         return []
@@ -29,6 +35,7 @@ class TasksConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.dags import hooks
+        from apps.datasets import hooks as dataset_hooks
         from apps.orgs.overview import Panel, overview_panels
         from apps.tasks.runtimes import runtimes
         from apps.tasks.runtimes_aws import LambdaAdapter, SqsAdapter
@@ -36,6 +43,7 @@ class TasksConfig(AppConfig):
 
         hooks.pause_changed.append(sync_lane_pauses)
         hooks.node_checks.append(_check_lambda_node)
+        dataset_hooks.commit_admin_links.append(_commit_lineage_link)
         runtimes.register("ecs", SqsAdapter)
         runtimes.register("lambda", LambdaAdapter)
         overview_panels.register(

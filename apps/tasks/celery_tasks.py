@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from apps.tasks import dispatch, fanout, reaper
+from apps.tasks import dispatch, fanout, reaper, storage_gc
 
 
 @shared_task(ignore_result=True)
@@ -28,6 +28,11 @@ def fanout_tick() -> int:
 @shared_task(ignore_result=True)
 def reconcile_tick() -> int:
     return reaper.reconcile_lanes()
+
+
+@shared_task(ignore_result=True)
+def gc_tick() -> int:
+    return storage_gc.collect_garbage().files
 
 
 @shared_task(ignore_result=True, acks_late=False)

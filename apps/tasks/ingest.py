@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -14,12 +14,13 @@ from django.utils import timezone
 from apps.dags.models import DagNode, VersionState
 from apps.datasets.models import Dataset
 from apps.datasets.ranges import canonical_range, parse_timestamp
-from apps.datasets.services import CommitRequest, commits_record
+from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
 from apps.datasets.storage import (
     FileFacts,
     cast_rows,
+    conform_table,
     filesystem_for,
-    generation_prefix,
+    landing_prefix,
     write_table,
 )
 from apps.orgs.errors import FieldError, NotFound, ValidationFailed
@@ -40,6 +41,7 @@ EVENT_FIELDS = {
     "mode",
     "payload",
     "rows",
+    "files",
 }
 
 
@@ -67,12 +69,16 @@ class ParsedEvent:
     event: Event
     dataset: Dataset
     rows: pa.Table | None = None
-    landing: FileFacts | None = None
+    # The files the event's commit will name: its rows once written, or the client's own.
+    landing: list[FileFacts] = field(default_factory=list)
+    written_here: bool = False
 
 
 def _rows_table(dataset: Dataset, rows: Any, where: str) -> pa.Table:
     """The rows cast to the dataset's schema (or, for a first commit without a declared
-    schema, the schema inferred from them)."""
+    schema, the schema inferred from them). A table body (Arrow or parquet) comes as a table."""
+    if isinstance(rows, pa.Table):
+        return conform_table(rows, dataset.schema, where)
     if not isinstance(rows, list):
         raise ValidationFailed.field(where, "must be a list of objects")
     if len(rows) > MAX_ROWS_PER_EVENT:
@@ -122,7 +128,10 @@ def _event(
     event_time = (
         parse_timestamp(item["event_time"], f"{prefix}event_time") if "event_time" in item else now
     )
+    if "rows" in item and "files" in item:
+        raise ValidationFailed.field(f"{prefix}files", "give rows or files, not both")
     rows = _rows_table(dataset, item["rows"], f"{prefix}rows") if "rows" in item else None
+    landed = _landed_files(dataset, item["files"], f"{prefix}files") if "files" in item else []
     event = Event(
         org=org,
         dataset_id=dataset.dataset_id,
@@ -135,7 +144,21 @@ def _event(
         created_at=now,
         fanned_out_at=now,
     )
-    return ParsedEvent(event, dataset, rows)
+    return ParsedEvent(event, dataset, rows, landed)
+
+
+def _landed_files(dataset: Dataset, files: Any, where: str) -> list[FileFacts]:
+    """Parquet files a client wrote under the dataset's landing prefix itself: they must be
+    there, readable, and hold the rows reported (footers only; before any transaction)."""
+    if not isinstance(files, list) or not files:
+        raise ValidationFailed.field(where, "must be a non-empty list of {path, rows}")
+    for index, item in enumerate(files):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise ValidationFailed.field(f"{where}[{index}]", "must be {path, rows}")
+        rows = item.get("rows")
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
+            raise ValidationFailed.field(f"{where}[{index}].rows", "must be an integer ≥ 0")
+    return inspect_outputs(files, landing_prefix(dataset), where)
 
 
 def parse_events(org: Org, body: Any) -> list[ParsedEvent]:
@@ -170,8 +193,8 @@ def _write_landing(parsed: list[ParsedEvent]) -> None:
     transaction: a file nobody commits is invisible, and collected as an orphan."""
     for item in parsed:
         if item.rows is not None:
-            prefix = generation_prefix(item.dataset, item.dataset.live_generation)
-            item.landing = write_table(item.rows, f"{prefix}/_landing/{item.event.pk}.parquet")
+            path = f"{landing_prefix(item.dataset)}{item.event.pk}.parquet"
+            item.landing, item.written_here = [write_table(item.rows, path)], True
 
 
 def _commit_landed(org: Org, created: list[Event], landed: dict[uuid.UUID, ParsedEvent]) -> None:
@@ -180,16 +203,15 @@ def _commit_landed(org: Org, created: list[Event], landed: dict[uuid.UUID, Parse
     requests = []
     for event in with_rows:
         facts = landed[event.pk].landing
-        assert facts is not None
         requests.append(
             CommitRequest(
                 dataset_id=event.dataset_id,
-                files=[{"path": facts.path, "rows": facts.rows, "bytes": facts.bytes}],
+                files=[{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in facts],
                 range_start=event.range_start,
                 range_end=event.range_end,
                 producer_dag=landed[event.pk].dataset.producer_dag,
                 producer_node=landed[event.pk].dataset.producer_node,
-                schemas=(facts.schema,),
+                schemas=tuple(f.schema for f in facts),
             )
         )
     for event, commit in zip(with_rows, commits_record(org, requests), strict=True):
@@ -198,16 +220,18 @@ def _commit_landed(org: Org, created: list[Event], landed: dict[uuid.UUID, Parse
 
 
 def _remove_orphans(parsed: list[ParsedEvent], created_ids: set[uuid.UUID]) -> None:
+    """Delete the files written for events that turned out to be repeats (never a client's)."""
     for item in parsed:
-        if item.landing is not None and item.event.pk not in created_ids:
-            filesystem, path = filesystem_for(item.landing.path)
-            filesystem.delete_file(path)
+        if item.written_here and item.event.pk not in created_ids:
+            for facts in item.landing:
+                filesystem, path = filesystem_for(facts.path)
+                filesystem.delete_file(path)
 
 
 def events_ingest(org: Org, body: Any) -> list[Ingested]:
     parsed = parse_events(org, body)
     _write_landing(parsed)
-    landed = {item.event.pk: item for item in parsed if item.landing is not None}
+    landed = {item.event.pk: item for item in parsed if item.landing}
     events = [item.event for item in parsed]
     keyed: dict[tuple[str, str], Event] = {}
     fresh: list[Event] = []

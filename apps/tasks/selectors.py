@@ -1,8 +1,9 @@
-"""Read-side queries for operators (the admin overview)."""
+"""Read-side queries for operators (the admin overview and lineage pages, the lineage API)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Min, QuerySet
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from apps.datasets.models import Commit
 from apps.orgs.models import Org
-from apps.tasks.models import Task, TaskInput, TaskState
+from apps.tasks.models import Attempt, Event, Task, TaskInput, TaskState
 
 THROUGHPUT_WINDOW = dt.timedelta(minutes=5)
 
@@ -112,30 +113,102 @@ def _walk(start: Commit, depth: int, up: bool) -> list[dict[str, Any]]:
     return found
 
 
-def _inputs_of(commit: Commit) -> list[Commit]:
-    if commit.producer_task_id is None:
-        return []
-    rows = TaskInput.objects.filter(task_id=commit.producer_task_id)
-    commits: list[Commit] = []
-    for row in rows:
-        commits.extend(
-            Commit.objects.select_related("dataset").filter(
-                dataset__org_id=commit.dataset.org_id,
-                dataset__dataset_id=row.dataset_id,
-                generation=row.generation,
-                seq__gte=row.seq_start,
-                seq__lte=row.seq_end,
-            )
-        )
-    return commits
+def _input_commits(org_id: int, row: TaskInput) -> QuerySet[Commit]:
+    """The commits one lineage row covers."""
+    return Commit.objects.select_related("dataset").filter(
+        dataset__org_id=org_id,
+        dataset__dataset_id=row.dataset_id,
+        generation=row.generation,
+        seq__gte=row.seq_start,
+        seq__lte=row.seq_end,
+    )
 
 
-def _outputs_of(commit: Commit) -> list[Commit]:
-    task_ids = TaskInput.objects.filter(
+def _consuming_task_ids(commit: Commit) -> QuerySet[TaskInput, Any]:
+    """The tasks whose lineage rows cover `commit`."""
+    return TaskInput.objects.filter(
         task__org_id=commit.dataset.org_id,
         dataset_id=commit.dataset.dataset_id,
         generation=commit.generation,
         seq_start__lte=commit.seq,
         seq_end__gte=commit.seq,
     ).values_list("task_id", flat=True)
+
+
+def _inputs_of(commit: Commit) -> list[Commit]:
+    if commit.producer_task_id is None:
+        return []
+    rows = TaskInput.objects.filter(task_id=commit.producer_task_id)
+    commits: list[Commit] = []
+    for row in rows:
+        commits.extend(_input_commits(commit.dataset.org_id, row))
+    return commits
+
+
+def _outputs_of(commit: Commit) -> list[Commit]:
+    task_ids = _consuming_task_ids(commit)
     return list(Commit.objects.select_related("dataset").filter(producer_task_id__in=task_ids))
+
+
+@dataclass
+class InputLineage:
+    row: TaskInput
+    commits: list[Commit]
+
+
+@dataclass
+class ConsumerLineage:
+    task: Task
+    commits: list[Commit]
+
+
+@dataclass
+class CommitLineage:
+    """One level of lineage each way around a commit, as model rows (the admin page)."""
+
+    commit: Commit
+    task: Task | None
+    attempts: list[Attempt]
+    inputs: list[InputLineage]
+    events: list[Event]
+    consumers: list[ConsumerLineage]
+
+
+CONSUMERS_SHOWN = 100
+
+
+def commit_lineage(commit: Commit) -> CommitLineage:
+    """The task that produced `commit` with its attempts, the input commits it read (per
+    lineage row), the commit's events with the tasks they triggered, and the tasks that read
+    the commit with the commits they produced."""
+    org_id = commit.dataset.org_id
+    task = None
+    if commit.producer_task_id is not None:
+        task = (
+            Task.objects.select_related("dag_version__dag", "event")
+            .filter(pk=commit.producer_task_id, org_id=org_id)
+            .first()
+        )
+    attempts = list(task.attempts.order_by("number")) if task else []
+    inputs = []
+    if task is not None:
+        for row in task.inputs.select_related("event").order_by("dataset_id", "generation"):
+            commits = list(_input_commits(org_id, row).order_by("seq"))
+            inputs.append(InputLineage(row, commits))
+    events = list(
+        Event.objects.filter(org_id=org_id, commit=commit)
+        .prefetch_related("tasks")
+        .order_by("created_at")
+    )
+    consumers_ids = _consuming_task_ids(commit)
+    consuming = list(
+        Task.objects.select_related("dag_version__dag")
+        .filter(pk__in=consumers_ids)
+        .order_by("created_at")[:CONSUMERS_SHOWN]
+    )
+    produced: dict[Any, list[Commit]] = {t.pk: [] for t in consuming}
+    outputs = Commit.objects.select_related("dataset").filter(producer_task_id__in=list(produced))
+    for output in outputs.order_by("dataset__dataset_id", "generation", "seq"):
+        produced[output.producer_task_id].append(output)
+    consumers = [ConsumerLineage(t, produced[t.pk]) for t in consuming]
+    return CommitLineage(commit, task, attempts, inputs, events, consumers)

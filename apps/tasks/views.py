@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import django_filters
+import pyarrow as pa
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.datasets.models import Commit
+from apps.datasets.parsers import (
+    ARROW_FILE,
+    ARROW_STREAM,
+    PARQUET,
+    ArrowFileParser,
+    ArrowStreamParser,
+    ParquetParser,
+)
 from apps.orgs.api import paginate, paginated, request_org
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.tasks import selectors, services
@@ -28,17 +40,53 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         raise NotFound(f"No {what} {value!r}.") from None
 
 
+TABLE_MEDIA_TYPES = (ARROW_STREAM, ARROW_FILE, PARQUET)
+TABLE_BODY_FIELDS = [
+    OpenApiParameter(name, str, description=f"With a table body: the event's {name}.")
+    for name in ("dataset", "idempotency_key", "range_start", "range_end", "event_time", "mode")
+] + [OpenApiParameter("payload", str, description="With a table body: a JSON object.")]
+
+
+def _table_event(request: Request, table: pa.Table) -> dict[str, Any]:
+    """An event whose rows came as the body (Arrow IPC or parquet): its fields are the query
+    parameters."""
+    item: dict[str, Any] = {name: value for name, value in request.query_params.items()}
+    if "payload" in item:
+        try:
+            item["payload"] = json.loads(item["payload"])
+        except ValueError:
+            raise ValidationFailed.field("payload", "must be a JSON object") from None
+    item["rows"] = table
+    return item
+
+
 class EventsView(APIView):
+    parser_classes = [JSONParser, ArrowStreamParser, ArrowFileParser, ParquetParser]
+
     @extend_schema(
-        request=OpenApiTypes.OBJECT,
+        request={
+            "application/json": OpenApiTypes.OBJECT,
+            ARROW_STREAM: OpenApiTypes.BINARY,
+            ARROW_FILE: OpenApiTypes.BINARY,
+            PARQUET: OpenApiTypes.BINARY,
+        },
+        parameters=TABLE_BODY_FIELDS,
         responses={202: IngestOutput},
         description='Post one event, or `{"events": [...]}` (≤ 1,000), to source datasets. '
         "Idempotent per (dataset, idempotency_key): a repeat answers `created: false` with the "
-        "original id. Always 202 once stored.",
+        "original id. Always 202 once stored. An event may carry `rows` (≤ 10,000 JSON "
+        "records), or `files` already written under the dataset's landing prefix; or the body "
+        "may be the rows themselves as Arrow IPC or parquet, with the event's fields as query "
+        "parameters.",
     )
     def post(self, request: Request) -> Response:
         org = request_org(request, "post_events")
-        results = events_ingest(org, request.data)
+        body = request.data
+        if isinstance(body, pa.Table):
+            body = _table_event(request, body)
+        elif request.content_type.split(";")[0] in TABLE_MEDIA_TYPES:
+            raise ValidationFailed.field("body", "empty; expected the rows as a table")
+        results = events_ingest(org, body)
         return Response(
             {"events": [{"id": str(r.event_id), "created": r.created} for r in results]},
             status=status.HTTP_202_ACCEPTED,
