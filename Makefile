@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo --token-file $(DATA_DIR)/demo-token
 	$(BIN)/python manage.py deploy_dag examples/demo.yaml --org demo
+	$(BIN)/python manage.py deploy_dag examples/demo_warehouse.yaml --org demo --postgres-only
 	PORT=$(PORT) exec $(BIN)/python manage.py runplatform --with-generator
 
 lint: $(STAMP)

@@ -37,16 +37,29 @@ def clean_orders(ctx: Any) -> pa.Table:
     return table.filter(pc.is_valid(table["customer"]))
 
 
+REVENUE = pa.schema([("customer", pa.string()), ("orders", pa.int64()), ("revenue", pa.float64())])
+
+
 def revenue_by_customer(ctx: Any) -> pa.Table:
     """Orders and revenue per customer in the input commit."""
     table = ctx.read_input()
     if table.num_rows == 0:
-        return table.select([]).append_column("customer", pa.array([], pa.string()))
+        return REVENUE.empty_table()
     grouped = table.group_by("customer").aggregate([("order_id", "count"), ("amount", "sum")])
     return pa.table(
         {
             "customer": grouped["customer"],
             "orders": grouped["order_id_count"].cast(pa.int64()),
             "revenue": pc.round(grouped["amount_sum"], 2),
-        }
+        },
+        schema=REVENUE,
     )
+
+
+def customer_latest(ctx: Any) -> None:
+    """Stamp each customer's latest figures and write them with the SDK's writer; the postgres
+    backend upserts them on `customer`, so the table keeps one row per customer."""
+    table = ctx.read_input()
+    stamp = pa.array([dt.datetime.now(dt.UTC)] * table.num_rows, pa.timestamp("us", tz="UTC"))
+    written = ctx.write_output(table.append_column("updated_at", stamp))
+    ctx.log(f"upserting {written['rows']} customer(s)")

@@ -82,6 +82,9 @@ class TaskContext:
     lost: threading.Event = field(default_factory=threading.Event)
     logs: io.StringIO = field(default_factory=io.StringIO)
     checkpoints: int = 0
+    # Files written with write_output: task-complete names them with any rows returned.
+    written: list[dict[str, Any]] = field(default_factory=list)
+    parts: int = 0
 
     @property
     def task_id(self) -> str:
@@ -138,12 +141,19 @@ class TaskContext:
         return pa.concat_tables(tables, promote_options="default")
 
     def write_output(self, table: pa.Table, name: str | None = None) -> dict[str, Any]:
-        """Write `table` as one parquet file under the staging prefix; returns its file entry."""
+        """Write `table` as one parquet file under the staging prefix, to be named in the task's
+        commit (call it as often as the output needs); returns its file entry."""
+        entry = self._write(table, name)
+        self.written.append(entry)
+        return entry
+
+    def _write(self, table: pa.Table, name: str | None) -> dict[str, Any]:
         output = self.output
         if output is None:
             raise ValueError("this node has no output dataset")
         self.checkpoint()
-        name = name or f"part-{self.checkpoints:05d}.parquet"
+        self.parts += 1
+        name = name or f"part-{self.parts:05d}.parquet"
         filesystem, prefix = filesystem_for(output["staging"])
         path = f"{prefix.rstrip('/')}/{name}"
         filesystem.create_dir(prefix, recursive=True)
@@ -155,7 +165,7 @@ class TaskContext:
     def emit_checkpoint(self, table: pa.Table, **fields: Any) -> dict[str, Any]:
         """Commit `table` now as checkpoint n (1, 2, …): durable even if the task dies later."""
         self.checkpoints += 1
-        entry = self.write_output(table)
+        entry = self._write(table, None)
         body = {
             "lease_token": self.lease["lease"]["token"],
             "n": self.checkpoints,
@@ -251,10 +261,11 @@ def run_lease(
         result = handler(ctx)
         ctx.checkpoint()
         table = to_table(result, (ctx.output or {}).get("schema"))
-        outputs = []
         if ctx.output is not None and table is not None:
-            entry = ctx.write_output(table)
-            outputs = [{"dataset": ctx.output["dataset"], "files": [entry]}]
+            ctx.write_output(table)
+        outputs = []
+        if ctx.output is not None and (ctx.written or table is not None):
+            outputs = [{"dataset": ctx.output["dataset"], "files": ctx.written}]
         body = {
             "lease_token": ctx.lease["lease"]["token"],
             "outputs": outputs,

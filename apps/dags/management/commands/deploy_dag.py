@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from apps.dags import services
 from apps.orgs.cli import org_by_slug
@@ -21,10 +22,19 @@ class Command(BaseCommand):
         parser.add_argument("file", type=Path)
         parser.add_argument("--org", required=True)
         parser.add_argument("--dry-run", action="store_true")
+        parser.add_argument(
+            "--postgres-only",
+            action="store_true",
+            help="Deploy only when the platform runs on PostgreSQL (e.g. a postgres-backend "
+            "dataset); elsewhere say so and succeed.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         org = org_by_slug(options["org"])
         path: Path = options["file"]
+        if options["postgres_only"] and connection.vendor != "postgresql":
+            self.stdout.write(f"{path} skipped: it needs PostgreSQL (set DATABASE_URL)")
+            return
         try:
             text = path.read_text()
             config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
