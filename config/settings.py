@@ -294,8 +294,11 @@ CELERY_BEAT_SCHEDULE.update(
         "reap": {"task": "apps.tasks.celery_tasks.reap_tick", "schedule": 2.0},
         "fan-out": {"task": "apps.tasks.celery_tasks.fanout_tick", "schedule": 5.0},
         "reconcile": {"task": "apps.tasks.celery_tasks.reconcile_tick", "schedule": 60.0},
+        "gc": {"task": "apps.tasks.celery_tasks.gc_tick", "schedule": 3600.0},
     }
 )
+# Staging and landing files that no commit names are deleted once older than this (D7).
+SLUICE_GC_GRACE_S: float = env.float("SLUICE_GC_GRACE_S", default=3600.0)
 
 # --- AWS (runtimes ecs and lambda; credentials from the usual AWS chain) ----------------------
 SLUICE_AWS_REGION: str = env.str(

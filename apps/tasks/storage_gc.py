@@ -79,7 +79,10 @@ def collect_garbage(
     for dataset in datasets.order_by("pk").iterator(chunk_size=200):
         if result.files >= limit:
             break
-        result.add(collect_dataset(dataset, cutoff, limit - result.files))
+        try:
+            result.add(collect_dataset(dataset, cutoff, limit - result.files))
+        except OSError:  # one unreachable prefix must not stop the others
+            logger.exception("gc: could not collect %s", dataset.dataset_id)
     return result
 
 
