@@ -319,3 +319,21 @@ def test_concurrent_completes_of_two_attempts_commit_once(world: World, recorder
     assert commits.get().files[0]["path"].startswith(second["output"]["staging"])
     api = world["operator"].client().get("/v1/datasets/shop.items_copy/data").json()
     assert [r["n"] for r in api["results"]] == [2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_stopped_early_leaves_the_connection_usable(world: World, recorder):
+    from apps.datasets import pg
+
+    deploy(world.acme, pg_chain(source={"schema": {"id": "int64", "name": "string"}}))
+    client = world["operator"].client()
+    many = [{"id": i, "name": "x" * 1000} for i in range(10_000)]  # 40 MB: ten blocks
+    for key in range(4):
+        assert post(client, many, key=str(key)).status_code == 202
+    dataset = Dataset.objects.get(dataset_id="shop.items")
+    batches = pg.read_batches(dataset, 1, None)
+    first = next(batches)
+    assert 0 < first.num_rows < 40_000
+    batches.close()  # the client went away mid-download
+    assert Commit.objects.filter(dataset=dataset).count() == 4  # the connection still answers
+    assert sum(b.num_rows for b in pg.read_batches(dataset, 1, None)) == 40_000

@@ -1,4 +1,4 @@
-"""Parquet datasets on S3 (moto's standalone server on loopback): sources, a real worker
+"""Datasets on S3 (moto's standalone server on loopback): sources, a real worker
 process writing its output there, and reads through the API."""
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.mark.parametrize("backend", ["parquet", "postgres"])
 def test_s3_round_trip_through_a_worker(
-    aws: str, live_server, settings, recorder: RecordingAdapter
+    aws: str, live_server, settings, recorder: RecordingAdapter, backend: str
 ):
+    """Sources and workers write parquet to S3; a postgres dataset is loaded from there."""
     bucket = f"sluice-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", region_name="us-east-1", endpoint_url=aws).create_bucket(Bucket=bucket)
     settings.SLUICE_STORAGE_ROOT = f"s3://{bucket}/prod"
@@ -46,7 +48,11 @@ def test_s3_round_trip_through_a_worker(
                 {
                     "id": "src",
                     "kind": "source",
-                    "output": {"dataset": "lake.src", "schema": {"id": "int64", "name": "string"}},
+                    "output": {
+                        "dataset": "lake.src",
+                        "backend": backend,
+                        "schema": {"id": "int64", "name": "string"},
+                    },
                 },
                 {
                     "id": "copy",
@@ -54,7 +60,7 @@ def test_s3_round_trip_through_a_worker(
                     "runtime": "python",
                     "handler": "demo_ops:sleepy",
                     "inputs": ["src"],
-                    "output": {"dataset": "lake.copy"},
+                    "output": {"dataset": "lake.copy", "backend": backend},
                 },
             ],
         },

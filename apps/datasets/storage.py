@@ -220,7 +220,7 @@ def write_table(table: pa.Table, uri: str) -> FileFacts:
     return FileFacts(uri, table.num_rows, int(info.size or 0), table.schema)
 
 
-def read_batches(uris: list[str], batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+def read_batches(uris: list[str], batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
     """Record batches of the files in order, never the whole dataset in memory."""
     for uri in uris:
         filesystem, path = filesystem_for(uri)
