@@ -46,28 +46,13 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
         )
         for lane in lanes:
             room = min(batch, lane.cap - lane.in_flight)
-            tasks = list(
-                Task.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(
-                    dag_version_id=lane.dag_version_id,
-                    node_id=lane.node_id,
-                    lane=lane.lane,
-                    state=TaskState.PENDING,
-                )
-                .order_by("created_at")
-                .only(
-                    "id", "state", "dag_version_id", "node_id", "lane", "attempt", "dispatch_count"
-                )[:room]
-            )
+            tasks = lifecycle.task_claim_pending(lane.dag_version_id, lane.node_id, lane.lane, room)
             NodeLane.objects.filter(pk=lane.pk).update(dispatched_at=timezone.now())
             if not tasks:
                 continue
-            # The rows are locked, so the queued dispatch count is exactly one more.
-            counts = {task.pk: task.dispatch_count + 1 for task in tasks}
-            lifecycle.task_queue_many(tasks)
             claim_ = Claim(lane.dag_version_id, lane.node_id, lane.runtime)
             claim_.tasks = [
-                Dispatched(task.pk, task.attempt + 1, dispatch_token(task.pk, counts[task.pk]))
+                Dispatched(task.id, task.attempt + 1, dispatch_token(task.id, task.dispatch_count))
                 for task in tasks
             ]
             claims.append(claim_)
@@ -77,11 +62,11 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
 def send(claims: list[Claim]) -> int:
     """Send claimed tasks to their runtimes (outside any transaction); return how many went."""
     sent = 0
-    versions = {v.pk: v for v in DagVersion.objects.filter(pk__in={c.version_id for c in claims})}
+    nodes = _node_maps({c.version_id for c in claims})
     failed_ids: set = set()
     for claim_ in claims:
         adapter = runtimes.get(claim_.runtime)
-        node = versions[claim_.version_id].node_map()[claim_.node_id]
+        node = nodes[claim_.version_id][claim_.node_id]
         if adapter is None:
             failed_ids |= {t.task_id for t in claim_.tasks}
             continue
@@ -91,6 +76,25 @@ def send(claims: list[Claim]) -> int:
     if failed_ids:
         requeue_failed_sends(failed_ids)
     return sent
+
+
+_NODE_MAPS: dict[tuple[int, str], dict[str, dict]] = {}
+_NODE_MAPS_SIZE = 1024
+
+
+def _node_maps(version_ids: set[int]) -> dict[int, dict[str, dict]]:
+    """Node configs by version, cached by id and content hash: versions are immutable, and
+    each tick would otherwise load and parse every claimed version's whole config."""
+    hashes = dict(DagVersion.objects.filter(pk__in=version_ids).values_list("pk", "config_hash"))
+    maps = {}
+    for version_id, config_hash in hashes.items():
+        key = (version_id, config_hash)
+        if key not in _NODE_MAPS:
+            if len(_NODE_MAPS) >= _NODE_MAPS_SIZE:
+                _NODE_MAPS.clear()
+            _NODE_MAPS[key] = DagVersion.objects.get(pk=version_id).node_map()
+        maps[version_id] = _NODE_MAPS[key]
+    return maps
 
 
 def requeue_failed_sends(task_ids: set) -> None:

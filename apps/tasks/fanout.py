@@ -189,7 +189,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
         bump_lane(version_id, node_id, lane, pending=count, in_flight=0)
     _skip_memoized(created)
     if mark:
-        Event.objects.filter(pk__in=[e.pk for e in events]).update(fanned_out_at=timezone.now())
+        Event.objects.filter(pk__any=[e.pk for e in events]).update(fanned_out_at=timezone.now())
     return created
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -135,7 +137,7 @@ def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
     moved: list[Task] = []
     for (state, version_id, node_id, lane), members in groups.items():
         ids = [t.pk for t in members]
-        updated = Task.objects.filter(pk__in=ids, state=state).update(state=to, **fields)
+        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **fields)
         if updated != len(ids):
             raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
         before, after = _weight(state), _weight(to)
@@ -170,6 +172,55 @@ def task_queue_many(tasks: list[Task]) -> list[Task]:
     """pending -> queued, at dispatch. Each queueing gets a new dispatch count (and token)."""
     now = timezone.now()
     return move_many(tasks, S.QUEUED, queued_at=now, dispatch_count=F("dispatch_count") + 1)
+
+
+# A CTE, not `id IN (SELECT … LIMIT n)`: PostgreSQL may run such a subquery more than once
+# and move more than n rows.
+_CLAIM_PICK = (
+    "WITH picked AS (SELECT id FROM tasks WHERE dag_version_id = %s AND node_id = %s "
+    "AND lane = %s AND state = %s ORDER BY created_at LIMIT %s"
+)
+_CLAIM_MOVE = (
+    ") UPDATE tasks SET state = %s, queued_at = %s, dispatch_count = dispatch_count + 1 "
+    "FROM picked WHERE tasks.id = picked.id AND tasks.state = %s "
+    "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count"
+)
+_CLAIM_LOCKED = _CLAIM_PICK + " FOR UPDATE SKIP LOCKED" + _CLAIM_MOVE
+_CLAIM = _CLAIM_PICK + _CLAIM_MOVE  # SQLite: one writer at a time, nothing to skip
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: uuid.UUID
+    attempt: int
+    dispatch_count: int
+
+
+def task_claim_pending(version_id: int, node_id: str, lane: str, limit: int) -> list[ClaimedTask]:
+    """pending -> queued for up to `limit` oldest pending tasks of one lane, in one statement:
+    the rows are locked (SKIP LOCKED, so concurrent dispatchers split the work) and moved
+    only from `pending`, the one state this transition leaves."""
+    assert S.QUEUED in ALLOWED[S.PENDING]
+    statement = _CLAIM_LOCKED if connection.features.has_select_for_update_skip_locked else _CLAIM
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            statement,
+            [version_id, node_id, lane, S.PENDING, limit, S.QUEUED, now, S.PENDING],
+        )
+        rows = cursor.fetchall()
+    id_field = Task._meta.pk
+    assert id_field is not None
+    claimed = [ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2])) for row in rows]
+    before, after = _weight(S.PENDING), _weight(S.QUEUED)
+    bump_lane(
+        version_id,
+        node_id,
+        lane,
+        (after[0] - before[0]) * len(claimed),
+        (after[1] - before[1]) * len(claimed),
+    )
+    return claimed
 
 
 def task_requeue_many(tasks: list[Task]) -> list[Task]:

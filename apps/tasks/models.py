@@ -120,8 +120,12 @@ class Task(models.Model):
     org_path: ClassVar[str] = "org"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="tasks")
-    dag_version = models.ForeignKey(DagVersion, on_delete=models.CASCADE, related_name="tasks")
+    # No single-column indexes on these two: task_org_recent_idx and the unique constraint
+    # start with them, and every index costs each state change a write (no HOT updates).
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    dag_version = models.ForeignKey(
+        DagVersion, on_delete=models.CASCADE, related_name="tasks", db_index=False
+    )
     node_id = models.CharField(max_length=63)
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="tasks")
     state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING)
@@ -133,7 +137,8 @@ class Task(models.Model):
     )
     max_attempts = models.PositiveIntegerField(default=3)
     dispatch_count = models.PositiveIntegerField(default=0)
-    lease_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    # NULL when unleased: the unique constraint must let any number of tasks have no token.
+    lease_token = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True, help_text="Attempt timeout.")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -143,7 +148,7 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     output_event = models.ForeignKey(
-        Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
     memo_key = models.CharField(max_length=64, blank=True, help_text="D9; empty: never memoized")
 
@@ -154,6 +159,12 @@ class Task(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["dag_version", "node_id", "event"], name="task_one_per_node_event"
+            ),
+            # A constraint rather than unique=True: no second, LIKE-only index on the token.
+            models.UniqueConstraint(
+                fields=["lease_token"],
+                condition=Q(lease_token__isnull=False),
+                name="task_lease_token_unique",
             ),
         ]
         indexes = [
@@ -175,7 +186,18 @@ class Task(models.Model):
             models.Index(fields=["queued_at"], condition=Q(state="queued"), name="task_queued_idx"),
             models.Index(fields=["org", "-created_at"], name="task_org_recent_idx"),
             models.Index(fields=["org", "state", "-created_at"], name="task_org_state_idx"),
-            models.Index(fields=["finished_at"], name="task_finished_idx"),
+            # Partial wherever the column is mostly empty: a state change then writes no
+            # entry into these indexes.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
+                name="task_finished_idx",
+            ),
+            models.Index(
+                fields=["output_event"],
+                condition=Q(output_event__isnull=False),
+                name="task_output_event_idx",
+            ),
             models.Index(
                 fields=["memo_key"],
                 condition=Q(state="succeeded") & ~Q(memo_key=""),
@@ -195,10 +217,13 @@ class Task(models.Model):
 class Attempt(models.Model):
     org_path: ClassVar[str] = "task__org"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempts")
+    # Indexed by the (task, number) constraint.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )
     number = models.PositiveIntegerField()
     worker_id = models.CharField(max_length=200, blank=True)
-    lease_token = models.CharField(max_length=64, unique=True)
+    lease_token = models.CharField(max_length=64)
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -214,6 +239,7 @@ class Attempt(models.Model):
         db_table = "task_attempts"
         constraints = [
             models.UniqueConstraint(fields=["task", "number"], name="attempt_number_per_task"),
+            models.UniqueConstraint(fields=["lease_token"], name="attempt_lease_token_unique"),
         ]
         ordering = ["task_id", "number"]
 

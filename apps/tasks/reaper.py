@@ -42,7 +42,7 @@ def _end_running(tasks: list[Task], outcome: str, error: dict[str, str]) -> None
     if not tasks:
         return
     now = timezone.now()
-    Attempt.objects.filter(lease_token__in=[t.lease_token for t in tasks], outcome="").update(
+    Attempt.objects.filter(lease_token__any=[t.lease_token for t in tasks], outcome="").update(
         outcome=outcome, ended_at=now, error=error
     )
     lifecycle.task_attempts_ended_many(tasks, error=error, retry_of=_retry_configs(tasks))
