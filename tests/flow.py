@@ -7,10 +7,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from django.test import Client
 from rest_framework.test import APIClient
 
 from apps.dags import services as dag_services
 from apps.orgs.models import Org
+from tests.factories import PASSWORD
 
 
 def chain_config(
@@ -88,3 +90,10 @@ def complete(client: APIClient, lease: dict[str, Any], rows: int = 0, **extra: A
         ]
     body = {"lease_token": lease["lease"]["token"], "outputs": outputs, **extra}
     return client.post("/internal/task-complete", body, format="json")
+
+
+def web_login(username: str) -> Client:
+    """A browser session of one of the personas (tests.factories.PASSWORD)."""
+    client = Client()
+    assert client.login(username=username, password=PASSWORD)
+    return client

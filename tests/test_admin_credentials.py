@@ -5,25 +5,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.test import Client
 
 from apps.orgs import services
 from apps.orgs.access import has_org_perm
 from apps.orgs.models import ApiToken, Membership, WorkerKey
 from tests.conftest import World
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import UserFactory
+from tests.flow import web_login
 
 pytestmark = pytest.mark.smoke
 
 
-def _login(username: str) -> Client:
-    client = Client()
-    assert client.login(username=username, password=PASSWORD)
-    return client
-
-
 def test_admin_issues_token_shown_once(world: World):
-    client = _login("admin-acme")
+    client = web_login("admin-acme")
     response = client.post(
         "/admin/orgs/apitoken/add/",
         {"org": world.acme.pk, "user": world["viewer"].user.pk, "name": "from-admin"},
@@ -40,7 +34,7 @@ def test_admin_issues_token_shown_once(world: World):
 
 
 def test_admin_refuses_token_for_non_member(world: World):
-    client = _login("admin-acme")
+    client = web_login("admin-acme")
     response = client.post(
         "/admin/orgs/apitoken/add/",
         {"org": world.acme.pk, "user": world.outsider.user.pk, "name": "x"},
@@ -51,7 +45,7 @@ def test_admin_refuses_token_for_non_member(world: World):
 
 def test_admin_revoke_action(world: World):
     key, _ = services.worker_key_issue(org=world.acme, name="k")
-    client = _login("owner-acme")
+    client = web_login("owner-acme")
     response = client.post(
         "/admin/orgs/workerkey/", {"action": "revoke", "_selected_action": [str(key.pk)]}
     )
@@ -73,7 +67,7 @@ def _inline_management(prefix: str, total: int, initial: int) -> dict[str, str]:
 def test_org_inline_adds_member_through_service(world: World):
     newcomer = UserFactory(username="newcomer")
     services.membership_add(org=world.globex, user=newcomer, role="viewer", actor=None)
-    client = _login("owner-acme")
+    client = web_login("owner-acme")
     existing = list(Membership.objects.filter(org=world.acme).order_by("user__username"))
     data: dict[str, str] = {
         "slug": "acme",

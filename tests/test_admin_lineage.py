@@ -9,16 +9,9 @@ from apps.datasets.models import Commit
 from apps.orgs import services as org_services
 from apps.tasks.models import Task
 from tests.conftest import RecordingAdapter, World
-from tests.factories import PASSWORD
-from tests.flow import chain_config, complete, deploy, fetch, worker_client
+from tests.flow import chain_config, complete, deploy, fetch, web_login, worker_client
 
 pytestmark = pytest.mark.smoke
-
-
-def _login(username: str) -> Client:
-    client = Client()
-    assert client.login(username=username, password=PASSWORD)
-    return client
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def test_lineage_page_shows_task_inputs_and_consumers(world: World, chain):
     middle = chain["chain.op1"]
     producer = Task.objects.get(node_id="op1", org=world.acme)
     consumer = Task.objects.get(node_id="op2", org=world.acme)
-    page = _page(_login("viewer-acme"), middle)
+    page = _page(web_login("viewer-acme"), middle)
     assert page.status_code == 200
     body = page.content.decode()
     assert "Lineage of chain.op1@1.1" in body
@@ -75,13 +68,13 @@ def test_lineage_page_shows_task_inputs_and_consumers(world: World, chain):
 
 
 def test_lineage_page_of_a_source_commit(world: World, chain):
-    body = _page(_login("operator-acme"), chain["chain.src"]).content.decode()
+    body = _page(web_login("operator-acme"), chain["chain.src"]).content.decode()
     assert "No task: written by source chain / src" in body
     assert "chain.op1@1.1" in body  # read by op1
 
 
 def test_commit_admin_links_to_the_lineage_page(world: World, chain):
-    client = _login("viewer-acme")
+    client = web_login("viewer-acme")
     url = f'href="/admin/tasks/task/lineage/{chain["chain.op1"].pk}/"'
     listing = client.get("/admin/datasets/commit/")
     assert listing.status_code == 200 and url in listing.content.decode()
@@ -91,13 +84,13 @@ def test_commit_admin_links_to_the_lineage_page(world: World, chain):
 
 def test_another_orgs_commit_is_404(world: World, chain, superuser):
     commit = chain["chain.op1"]
-    assert _page(_login("owner-globex"), commit).status_code == 404
-    assert _page(_login("viewer-acme"), Commit(pk=10**9)).status_code == 404
-    assert _page(_login(superuser.username), commit).status_code == 200
+    assert _page(web_login("owner-globex"), commit).status_code == 404
+    assert _page(web_login("viewer-acme"), Commit(pk=10**9)).status_code == 404
+    assert _page(web_login(superuser.username), commit).status_code == 200
 
 
 def test_dataset_list_shows_live_totals_and_producer(world: World, chain):
-    client = _login("viewer-acme")
+    client = web_login("viewer-acme")
     body = client.get("/admin/datasets/dataset/").content.decode()
     row = body[body.index("chain.op1") :].split("</tr>")[0]
     cells = [c.split(">", 1)[1].split("<", 1)[0] for c in row.split("<td")[1:]]

@@ -24,6 +24,7 @@ from apps.tasks import reaper
 from apps.tasks.models import Task
 from tests.conftest import RecordingAdapter, World
 from tests.flow import deploy, fetch, worker_client
+from tests.test_datasets import post
 
 TYPES = {
     "id": "int64",
@@ -84,20 +85,6 @@ ROWS = [
     {"id": 2, "name": "", "ok": False, "ts": None, "day": None, "price": None, "score": None},
     {"id": 3, "name": None, "ok": None, "ts": "2026-01-02T03:04:05.123456+00:00"},
 ]
-
-
-def post(client, rows, key="k", start=0, end=10):  # type: ignore[no-untyped-def]
-    return client.post(
-        "/v1/events",
-        {
-            "dataset": "shop.items",
-            "idempotency_key": key,
-            "range_start": start,
-            "range_end": end,
-            "rows": rows,
-        },
-        format="json",
-    )
 
 
 def view_rows(dataset_id: str, *columns: str) -> list[tuple[Any, ...]]:

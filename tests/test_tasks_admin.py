@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from apps.tasks.models import NodeLane, Task
 from tests.conftest import RecordingAdapter, World
-from tests.factories import PASSWORD
-from tests.flow import chain_config, deploy
+from tests.flow import chain_config, deploy, web_login
 
 pytestmark = pytest.mark.smoke
-
-
-def _login(username: str) -> Client:
-    client = Client()
-    assert client.login(username=username, password=PASSWORD)
-    return client
 
 
 @pytest.fixture
@@ -33,12 +25,12 @@ def tasks(world: World, recorder: RecordingAdapter):
 
 
 def test_task_admin_lists_only_own_org_and_acts_by_role(world, tasks):
-    viewer = _login("viewer-acme")
+    viewer = web_login("viewer-acme")
     listing = viewer.get("/admin/tasks/task/")
     assert listing.status_code == 200 and b"theirs" not in listing.content
     viewer.post("/admin/tasks/task/", {"action": "cancel", "_selected_action": [tasks.pk]})
     assert Task.objects.get(pk=tasks.pk).state == "pending"
-    operator = _login("operator-acme")
+    operator = web_login("operator-acme")
     operator.post("/admin/tasks/task/", {"action": "cancel", "_selected_action": [tasks.pk]})
     assert Task.objects.get(pk=tasks.pk).state == "canceled"
     operator.post("/admin/tasks/task/", {"action": "retry", "_selected_action": [tasks.pk]})
@@ -48,7 +40,7 @@ def test_task_admin_lists_only_own_org_and_acts_by_role(world, tasks):
 
 
 def test_overview_page(world, tasks):
-    page = _login("viewer-acme").get("/admin/tasks/task/overview/")
+    page = web_login("viewer-acme").get("/admin/tasks/task/overview/")
     assert page.status_code == 200
     body = page.content.decode()
     assert "Dispatch overview" in body and "op1" in body and "theirs" not in body
@@ -56,7 +48,7 @@ def test_overview_page(world, tasks):
 
 def test_lane_pause_action(world, tasks):
     lane = NodeLane.objects.get(node_id="op1", dag_version__dag__org=world.acme)
-    operator = _login("operator-acme")
+    operator = web_login("operator-acme")
     operator.post(
         "/admin/tasks/nodelane/", {"action": "pause_node_lane", "_selected_action": [lane.pk]}
     )

@@ -147,14 +147,7 @@ def cast_rows(rows: list[object], schema: dict[str, str], where: str) -> pa.Tabl
         target = parse_arrow_type(type_text)
         try:
             arrays.append(_cast_column(columns[name], target))
-        except (
-            pa.ArrowInvalid,
-            pa.ArrowTypeError,
-            ValueError,
-            TypeError,
-            OverflowError,
-            decimal.InvalidOperation,
-        ):
+        except _CAST_ERRORS:
             index = _first_bad(columns[name], target)
             raise ValidationFailed.field(
                 f"{where}[{index}].{name}",
@@ -184,6 +177,16 @@ def conform_table(table: pa.Table, schema: dict[str, str], where: str) -> pa.Tab
     return pa.Table.from_arrays(columns, names=table.column_names)
 
 
+_CAST_ERRORS = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    decimal.InvalidOperation,
+)
+
+
 def _cast_column(values: list[object], target: pa.DataType) -> pa.Array:
     """JSON has no dates, times or decimals: they arrive as text (decimals also as numbers)."""
     if pa.types.is_decimal(target):
@@ -200,14 +203,7 @@ def _first_bad(values: list[object], target: pa.DataType) -> int:
     for index, value in enumerate(values):
         try:
             _cast_column([value], target)
-        except (
-            pa.ArrowInvalid,
-            pa.ArrowTypeError,
-            ValueError,
-            TypeError,
-            OverflowError,
-            decimal.InvalidOperation,
-        ):
+        except _CAST_ERRORS:
             return index
     return 0
 

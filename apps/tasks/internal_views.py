@@ -93,12 +93,7 @@ class TaskFetchView(InternalView):
                 principal, body.get("task_id", ""), body.get("dispatch_token", ""), worker_id
             )
             return Response(lease)
-        results = _run_batch(
-            tasks,
-            lambda t: worker_api.task_fetch(
-                principal, t.get("task_id", ""), t.get("dispatch_token", ""), worker_id
-            ),
-        )
+        results = worker_api.task_fetch_many(principal, tasks, worker_id)
         leases = [r for r in results if "code" not in r]
         refused = [{"task_id": r.get("task_id"), "code": r["code"]} for r in results if "code" in r]
         return Response({"leases": leases, "refused": refused})
@@ -116,7 +111,12 @@ class _ItemView(InternalView):
         items = _items(body, "items")
         if items is None:
             return Response(call(principal, body), status=self.single_status)
-        return Response({"results": _run_batch(items, lambda i: call(principal, i))})
+        return Response({"results": self.batch(principal, items)})
+
+    def batch(self, principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
+        """Each item in its own short transaction unless the view has a bulk form."""
+        call = type(self).call
+        return _run_batch(items, lambda item: call(principal, item))
 
 
 class TaskHeartbeatView(_ItemView):
@@ -134,6 +134,9 @@ class TaskEventsView(_ItemView):
 
 class TaskCompleteView(_ItemView):
     call = staticmethod(worker_api.task_complete)  # type: ignore[assignment]
+
+    def batch(self, principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
+        return worker_api.task_complete_many(principal, items)
 
 
 class TaskFailView(_ItemView):

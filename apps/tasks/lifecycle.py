@@ -17,13 +17,13 @@ import random
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from apps.orgs.errors import Conflict
@@ -156,6 +156,60 @@ def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
     return moved
 
 
+def _column(name: str) -> Any:
+    """The model field behind `name`, a field name or a foreign key's `…_id`."""
+    for field in Task._meta.concrete_fields:
+        if name in (field.name, field.attname):
+            return getattr(field, "target_field", field)
+    raise LookupError(name)
+
+
+def _per_task(name: str, values: dict[Any, dict[str, Any]]) -> Any:
+    """The value of one column: itself when all tasks share it, else a CASE on the id."""
+    distinct = {repr(fields[name]) for fields in values.values()}
+    if len(distinct) == 1:
+        return next(iter(values.values()))[name]
+    field = _column(name)
+    return Case(
+        *[
+            When(pk=pk, then=Value(fields[name], output_field=field))
+            for pk, fields in values.items()
+        ],
+        output_field=field,
+    )
+
+
+def move_each(tasks: list[Task], to: str, fields_of: Callable[[Task], dict[str, Any]]) -> None:
+    """`move_many` where each task gets values of its own (lease tokens, output events): one
+    conditional UPDATE with a CASE per field for each (state, lane) group."""
+    groups: dict[tuple[str, int, str, str], list[Task]] = {}
+    for task in tasks:
+        _check(task, to)
+        groups.setdefault((task.state, task.dag_version_id, task.node_id, task.lane), []).append(
+            task
+        )
+    for (state, version_id, node_id, lane), members in groups.items():
+        values = {task.pk: fields_of(task) for task in members}
+        names = sorted({name for fields in values.values() for name in fields})
+        updates = {name: _per_task(name, values) for name in names}
+        ids = list(values)
+        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **updates)
+        if updated != len(ids):
+            raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
+        before, after = _weight(state), _weight(to)
+        bump_lane(
+            version_id,
+            node_id,
+            lane,
+            (after[0] - before[0]) * updated,
+            (after[1] - before[1]) * updated,
+        )
+        for task in members:
+            task.state = to
+            for name, value in values[task.pk].items():
+                setattr(task, name, value)
+
+
 def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:
     """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5-1.0."""
     base = float(retry.get("backoff_s", 5))
@@ -245,6 +299,38 @@ def task_start(task: Task, *, lease_token: str, lease_ttl_s: float, timeout_s: f
 
 def _ended(**fields: Any) -> dict[str, Any]:
     return {"lease_token": None, "lease_expires_at": None, "deadline_at": None, **fields}
+
+
+def task_start_many(
+    tasks: list[Task],
+    *,
+    leases: dict[Any, str],
+    lease_ttl_s: float,
+    timeout_of: Callable[[Task], float],
+) -> None:
+    """queued -> running for a batch of fetched tasks, each with its own lease token."""
+    now = timezone.now()
+    move_each(
+        tasks,
+        S.RUNNING,
+        lambda task: {
+            "attempt": task.attempt + 1,
+            "lease_token": leases[task.pk],
+            "lease_expires_at": now + dt.timedelta(seconds=lease_ttl_s),
+            "deadline_at": now + dt.timedelta(seconds=timeout_of(task)),
+            "started_at": now,
+            "error": None,
+        },
+    )
+
+
+def task_succeed_many(tasks: list[Task], *, output_event_ids: dict[Any, Any]) -> None:
+    now = timezone.now()
+    move_each(
+        tasks,
+        S.SUCCEEDED,
+        lambda task: _ended(finished_at=now, output_event_id=output_event_ids.get(task.pk)),
+    )
 
 
 def task_succeed(task: Task, *, output_event_id: Any) -> Task:

@@ -16,12 +16,12 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from apps.datasets.models import Dataset
+from apps.datasets.models import Commit, Dataset
 from apps.datasets.ranges import canonical_range
 from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
 from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
-from apps.orgs.errors import Conflict, NotFound, ValidationFailed
+from apps.orgs.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
 from apps.tasks.fanout import fan_out
@@ -86,7 +86,12 @@ def event_body(event: Event) -> dict[str, Any]:
     }
 
 
-def _lease_body(task: Task, node: dict[str, Any], secrets_for_task: dict[str, str]) -> dict:
+def _lease_body(
+    task: Task,
+    node: dict[str, Any],
+    secrets_for_task: dict[str, str],
+    output_dataset: Dataset | None = None,
+) -> dict:
     event = task.event
     ttl = lease_ttl_s()
     input_datasets = []
@@ -103,7 +108,9 @@ def _lease_body(task: Task, node: dict[str, Any], secrets_for_task: dict[str, st
         )
     output = None
     if node.get("output"):
-        dataset = Dataset.objects.get(org=task.org_id, dataset_id=node["output"]["dataset"])
+        dataset = output_dataset or Dataset.objects.get(
+            org=task.org_id, dataset_id=node["output"]["dataset"]
+        )
         output = {
             "dataset": dataset.dataset_id,
             "backend": dataset.backend,
@@ -185,6 +192,95 @@ def task_fetch(
         handed = secrets_service.handout(task.org, node.get("secrets") or [], task.pk)
         body = _lease_body(task, node, handed)
     return body
+
+
+def refusal(task_id: Any, index: int, error: SluiceError) -> dict[str, Any]:
+    """A batch item's answer when that item is refused (the batch goes on)."""
+    return {"task_id": task_id, "index": index, "code": error.code, "detail": error.detail}
+
+
+def task_fetch_many(
+    principal: WorkerPrincipal, items: list[Any], worker_id: str
+) -> list[dict[str, Any]]:
+    """The batch form of `task_fetch`: every leasable task of the batch is leased in one
+    transaction with a handful of statements; each other item gets its own refusal."""
+    results: dict[int, dict[str, Any]] = {}
+    wanted: dict[uuid.UUID, tuple[int, str]] = {}
+    for index, item in enumerate(items):
+        task_id = item.get("task_id") if isinstance(item, dict) else None
+        try:
+            task_uuid = uuid.UUID(str(task_id))
+        except ValueError:
+            results[index] = refusal(task_id, index, ValidationFailed("task_id must be a UUID"))
+            continue
+        if task_uuid in wanted:
+            results[index] = refusal(task_id, index, NotLeasable("a repeat in this batch"))
+            continue
+        wanted[task_uuid] = (index, str(item.get("dispatch_token") or ""))
+    with counted_atomic():
+        found = {
+            task.pk: task
+            for task in _scoped_tasks(principal)
+            .select_for_update(of=("self",))
+            .select_related("dag_version__dag", "event__commit__dataset")
+            .filter(pk__any=sorted(wanted))
+            .order_by("pk")
+        }
+        leasable = []
+        for task_uuid, (index, token) in wanted.items():
+            task = found.get(task_uuid)
+            if task is None:
+                results[index] = refusal(str(task_uuid), index, NotFound(f"No task {task_uuid}."))
+            elif task.state != TaskState.QUEUED or not secrets.compare_digest(
+                token, dispatch_token(task.pk, task.dispatch_count)
+            ):
+                error = NotLeasable(
+                    f"Task {task_uuid} is {task.state}; this dispatch cannot lease it."
+                )
+                results[index] = refusal(str(task_uuid), index, error)
+            else:
+                leasable.append(task)
+        if leasable:
+            leases = {task.pk: secrets.token_urlsafe(32) for task in leasable}
+            lifecycle.task_start_many(
+                leasable,
+                leases=leases,
+                lease_ttl_s=lease_ttl_s(),
+                timeout_of=lambda task: float(_node(task).get("timeout_s", 3600)),
+            )
+            now = timezone.now()
+            Attempt.objects.bulk_create(
+                Attempt(
+                    task=task,
+                    number=task.attempt,
+                    worker_id=worker_id[:200],
+                    lease_token=leases[task.pk],
+                    heartbeat_at=now,
+                )
+                for task in leasable
+            )
+            outputs = _output_datasets(leasable)
+            for task in leasable:
+                node = _node(task)
+                names = node.get("secrets") or []
+                handed = secrets_service.handout(task.org, names, task.pk) if names else {}
+                dataset = outputs.get((task.org_id, (node.get("output") or {}).get("dataset")))
+                results[wanted[task.pk][0]] = _lease_body(task, node, handed, dataset)
+    return [results[index] for index in range(len(items))]
+
+
+def _output_datasets(tasks: list[Task]) -> dict[tuple[int, str | None], Dataset]:
+    """The output datasets of the tasks' nodes, read once per batch."""
+    wanted: dict[int, set[str]] = {}
+    for task in tasks:
+        output = _node(task).get("output")
+        if output:
+            wanted.setdefault(task.org_id, set()).add(output["dataset"])
+    return {
+        (dataset.org_id, dataset.dataset_id): dataset
+        for org_id, ids in wanted.items()
+        for dataset in Dataset.objects.filter(org_id=org_id, dataset_id__in=ids)
+    }
 
 
 @dataclass
@@ -290,39 +386,36 @@ def _output_files(node: dict[str, Any], outputs: Any) -> list[dict[str, Any]]:
     return files
 
 
-def _emit(
+def _commit_request(
+    task: Task, node: dict[str, Any], facts: list[FileFacts], range_: tuple[str, str]
+) -> CommitRequest:
+    return CommitRequest(
+        dataset_id=node["output"]["dataset"],
+        files=[{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in facts],
+        schemas=tuple(f.schema for f in facts),
+        range_start=range_[0],
+        range_end=range_[1],
+        producer_dag=task.dag_version.dag.name,
+        producer_node=task.node_id,
+        producer_task_id=task.pk,
+    )
+
+
+def _output_event(
     task: Task,
     node: dict[str, Any],
-    facts: list[FileFacts],
+    commit: Commit,
     range_: tuple[str, str],
     payload: dict[str, Any],
     checkpoint_n: int,
-) -> Event | None:
-    """Record a commit of the checked files and its one data event, and fan it out, in the
-    caller's transaction."""
-    output = node.get("output")
-    if not output:
-        return None
-    commit = commits_record(
-        task.org,
-        [
-            CommitRequest(
-                dataset_id=output["dataset"],
-                files=[{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in facts],
-                schemas=tuple(f.schema for f in facts),
-                range_start=range_[0],
-                range_end=range_[1],
-                producer_dag=task.dag_version.dag.name,
-                producer_node=task.node_id,
-                producer_task_id=task.pk,
-            )
-        ],
-    )[0]
-    # A `replace` write supersedes the earlier commits inside its range, so it tells the
-    # consumers to recompute that range (D10): the event is an invalidation, one level down.
+) -> Event:
+    """The one event of a commit (unsaved). A `replace` write supersedes the earlier commits
+    inside its range, so it tells the consumers to recompute that range (D10): the event is
+    an invalidation, one level down."""
+    output = node["output"]
     replaces = output.get("update_strategy") == "replace"
     source = task.event
-    event = Event.objects.create(
+    return Event(
         org_id=task.org_id,
         dataset_id=output["dataset"],
         kind=EventKind.INVALIDATE if replaces else EventKind.DATA,
@@ -335,8 +428,26 @@ def _emit(
         checkpoint_n=checkpoint_n,
         origin_id=(source.origin_id or source.pk) if replaces else None,
         depth=source.depth + 1 if replaces else 0,
+        fanned_out_at=timezone.now(),
     )
-    fan_out([event])
+
+
+def _emit(
+    task: Task,
+    node: dict[str, Any],
+    facts: list[FileFacts],
+    range_: tuple[str, str],
+    payload: dict[str, Any],
+    checkpoint_n: int,
+) -> Event | None:
+    """Record a commit of the checked files and its one data event, and fan it out, in the
+    caller's transaction."""
+    if not node.get("output"):
+        return None
+    [commit] = commits_record(task.org, [_commit_request(task, node, facts, range_)])
+    event = _output_event(task, node, commit, range_, payload, checkpoint_n)
+    event.save(force_insert=True)
+    fan_out([event], mark=False)
     return event
 
 
@@ -456,6 +567,157 @@ def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str,
         )
         dispatch_after_commit()
     return _complete_answer(task)
+
+
+def task_complete_many(principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
+    """The batch form of `task_complete`: the whole batch in one short transaction — attempts
+    and tasks locked with one statement each, commits, events, lineage and moves written in
+    bulk. Each item is answered as `task_complete` would answer it alone; should a commit be
+    refused (a schema problem of one item), each item runs alone instead."""
+    try:
+        return _complete_batch(principal, items)
+    except ValidationFailed:
+        return [_complete_alone(principal, item, index) for index, item in enumerate(items)]
+
+
+def _complete_alone(principal: WorkerPrincipal, item: Any, index: int) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        return refusal(None, index, ValidationFailed("each item must be an object"))
+    try:
+        return task_complete(principal, item)
+    except SluiceError as exc:
+        task_id = (
+            Attempt.objects.filter(lease_token=item.get("lease_token"))
+            .values_list("task_id", flat=True)
+            .first()
+        )
+        return refusal(str(task_id) if task_id else None, index, exc)
+
+
+def _outputs_of(item: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    return lambda _node: item.get("outputs")
+
+
+@dataclass
+class _Completion:
+    index: int
+    item: dict[str, Any]
+    task: Task
+    attempt: Attempt
+    node: dict[str, Any]
+    range_: tuple[str, str]
+    facts: list[FileFacts]
+
+
+def _complete_batch(principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
+    results: dict[int, dict[str, Any]] = {}
+    facts_of: dict[int, list[FileFacts]] = {}
+    tokens: dict[str, int] = {}
+    later: list[int] = []  # malformed items, and repeats of a token, answered after the batch
+    for index, item in enumerate(items):
+        token = item.get("lease_token") if isinstance(item, dict) else None
+        if not isinstance(token, str) or not token or token in tokens:
+            later.append(index)
+            continue
+        tokens[token] = index
+        if item.get("outputs"):  # files are checked before any lock: footers are I/O
+            try:
+                facts_of[index] = _checked_files(
+                    principal, token, "outputs[0].files", _outputs_of(item)
+                )
+            except SluiceError as exc:
+                del tokens[token]
+                results[index] = refusal(None, index, exc)
+    with counted_atomic():
+        attempts = {
+            a.lease_token: a
+            for a in Attempt.objects.select_for_update(of=("self",))
+            .filter(lease_token__any=list(tokens))
+            .order_by("pk")
+        }
+        tasks = {
+            t.pk: t
+            for t in Task.objects.select_for_update(of=("self",))
+            .select_related("org", "dag_version__dag", "event__commit__dataset")
+            .filter(pk__any=sorted({a.task_id for a in attempts.values()}))
+            .order_by("pk")
+        }
+        done: list[_Completion] = []
+        for token, index in tokens.items():
+            item = items[index]
+            attempt = attempts.get(token)
+            task = tasks.get(attempt.task_id) if attempt else None
+            if attempt is None or task is None or not _may_act_for(principal, task.org_id):
+                results[index] = refusal(
+                    None, index, NotFound("No attempt holds this lease token.")
+                )
+                continue
+            if attempt.outcome == AttemptOutcome.SUCCEEDED:
+                results[index] = _complete_answer(task)
+                continue
+            try:
+                _require_live_lease(LeasedAttempt(attempt, task))
+                node = _node(task)
+                range_ = _range(task, item, node)
+            except SluiceError as exc:
+                results[index] = refusal(str(task.pk), index, exc)
+                continue
+            done.append(
+                _Completion(index, item, task, attempt, node, range_, facts_of.get(index, []))
+            )
+        _record_completions(done)
+    for completion in done:
+        results[completion.index] = _complete_answer(completion.task)
+    for index in later:
+        results[index] = _complete_alone(principal, items[index], index)
+    return [results[index] for index in range(len(items))]
+
+
+def _record_completions(done: list[_Completion]) -> None:
+    """Commits, events (fanned out), lineage, task and attempt moves of a batch, in bulk."""
+    if not done:
+        return
+    producing = [c for c in done if c.node.get("output")]
+    by_org: dict[int, list[_Completion]] = {}
+    for completion in producing:
+        by_org.setdefault(completion.task.org_id, []).append(completion)
+    events: list[Event] = []
+    for group in by_org.values():
+        org = group[0].task.org
+        requests = [_commit_request(c.task, c.node, c.facts, c.range_) for c in group]
+        for completion, commit in zip(group, commits_record(org, requests), strict=True):
+            payload = completion.item.get("payload") or {}
+            events.append(
+                _output_event(
+                    completion.task, completion.node, commit, completion.range_, payload, 0
+                )
+            )
+    Event.objects.bulk_create(events)
+    fan_out(events, mark=False)
+    output_of = {event.producer_task_id: event.pk for event in events}
+    TaskInput.objects.bulk_create(
+        TaskInput(
+            task=c.task,
+            dataset_id=c.task.event.dataset_id,
+            generation=c.task.event.commit.generation,
+            seq_start=c.task.event.commit.seq,
+            seq_end=c.task.event.commit.seq,
+            event=c.task.event,
+        )
+        for c in done
+        if c.task.event.commit is not None
+    )
+    lifecycle.task_succeed_many([c.task for c in done], output_event_ids=output_of)
+    now = timezone.now()
+    for c in done:
+        c.attempt.outcome = AttemptOutcome.SUCCEEDED
+        c.attempt.ended_at = now
+        c.attempt.logs = _tail(c.item.get("logs"))
+        c.attempt.metrics = c.item.get("metrics") or {}
+    Attempt.objects.bulk_update(
+        [c.attempt for c in done], ["outcome", "ended_at", "logs", "metrics"]
+    )
+    dispatch_after_commit()
 
 
 def task_fail(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
