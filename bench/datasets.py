@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -42,6 +41,9 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._benchutil import recreate_database  # noqa: E402  (needs the repository on the path)
+
 console = Console()
 SCHEMA = {
     "id": "int64",
@@ -67,17 +69,6 @@ def make_table(rows: int, offset: int = 0) -> pa.Table:
             "note": pa.array(["paid by card"] * rows),
         }
     )
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def median_seconds(run: Callable[[int], None], repeat: int, label: str) -> float:

@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,6 +39,7 @@ from bench._benchutil import (
     Processes,
     free_port,
     percentile,
+    recreate_database,
     wait_http,
 )
 
@@ -75,17 +75,6 @@ DEATHS: list[str] = []
 
 
 # --- setup ----------------------------------------------------------------------------------
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def chain_config(name: str, nodes: int = 3) -> dict[str, Any]:
