@@ -3,12 +3,14 @@ version of the org that consumes the event's dataset."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
@@ -108,17 +110,36 @@ def _lane(event: Event, version_state: str) -> str:
     return Mode.LIVE
 
 
+# Counter rows known to exist, by version (id and creation time: SQLite may hand a deleted
+# version's id to a new one), so a fan-out into them needs no query. Rows are never deleted
+# while their version can receive events: they go with the version.
+_KNOWN_LANES: dict[tuple[int, dt.datetime], set[tuple[str, str]]] = {}
+_KNOWN_LANES_SIZE = 4096
+
+
+def _remember_lanes(key: tuple[int, dt.datetime], lanes: set[tuple[str, str]]) -> None:
+    if key not in _KNOWN_LANES and len(_KNOWN_LANES) >= _KNOWN_LANES_SIZE:
+        _KNOWN_LANES.clear()
+    _KNOWN_LANES.setdefault(key, set()).update(lanes)
+
+
 def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]) -> None:
     """Create missing counter rows for (node, lane) pairs, with cap, runtime and pause state.
 
     A plain SELECT first: an `INSERT … ON CONFLICT` on a row that another open transaction
     has updated would wait for that transaction, on every fan-out."""
-    wanted = set(pairs)
+    known = _KNOWN_LANES.get((version.pk, version.created_at), set())
+    wanted = set(pairs) - known
+    if not wanted:
+        return
     existing = set(
         NodeLane.objects.filter(
             dag_version=version, node_id__in={n for n, _ in wanted}
         ).values_list("node_id", "lane")
     )
+    # Only once committed: rows seen by a transaction that rolls back may not exist.
+    key = (version.pk, version.created_at)
+    transaction.on_commit(lambda: _remember_lanes(key, existing))
     missing = wanted - existing
     if not missing:
         return
@@ -148,10 +169,11 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
     if not events:
         return []
     org_ids = {e.org_id for e in events}
+    # The config is read only when a version's consumer index is not cached yet.
     versions = list(
-        DagVersion.objects.filter(
-            dag__org_id__in=org_ids, state__in=LIVE_VERSION_STATES
-        ).select_related("dag")
+        DagVersion.objects.filter(dag__org_id__in=org_ids, state__in=LIVE_VERSION_STATES)
+        .select_related("dag")
+        .defer("config")
     )
     tasks: list[Task] = []
     lanes: dict[int, set[tuple[str, str]]] = {}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apps.dags.models import DagNode, VersionState
@@ -53,15 +54,14 @@ class Ingested:
 
 def source_datasets(org: Org, dataset_ids: set[str]) -> dict[str, Dataset]:
     """The datasets among `dataset_ids` that a source node of an active version produces."""
-    sources = set(
-        DagNode.objects.filter(
-            version__dag__org=org,
-            version__state=VersionState.ACTIVE,
-            kind="source",
-            output_dataset__in=dataset_ids,
-        ).values_list("output_dataset", flat=True)
+    sources = DagNode.objects.filter(
+        version__dag__org=org,
+        version__state=VersionState.ACTIVE,
+        kind="source",
+        output_dataset=OuterRef("dataset_id"),
     )
-    return {d.dataset_id: d for d in Dataset.objects.filter(org=org, dataset_id__in=sources)}
+    rows = Dataset.objects.filter(org=org, dataset_id__in=dataset_ids).filter(Exists(sources))
+    return {d.dataset_id: d for d in rows}
 
 
 @dataclass
