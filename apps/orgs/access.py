@@ -29,9 +29,22 @@ def orgs_with_perm(user: User | AnonymousUser, codename: str = "view_org") -> Qu
 
 
 def has_org_perm(user: User | AnonymousUser, org: Org, codename: str) -> bool:
+    """One query: roles are granted to users directly (never through groups), so the user's
+    own object permission is the whole answer."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return bool(user.is_superuser or user.has_perm(perm_name(codename), org))
+    if user.is_superuser:
+        return True
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import UserObjectPermission
+
+    perm_name(codename)  # refuses an unknown codename
+    return UserObjectPermission.objects.filter(
+        user_id=user.pk,
+        permission__codename=codename,
+        permission__content_type=ContentType.objects.get_for_model(org),
+        object_pk=str(org.pk),
+    ).exists()
 
 
 def org_of(obj: Any) -> Org:
