@@ -55,7 +55,9 @@ class Event(models.Model):
     org_path: ClassVar[str] = "org"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="events")
+    # Indexed by event_dataset_idx; the other keys below are mostly empty, so their indexes
+    # are partial (or the unique constraint's): a source event writes into few indexes.
+    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="events", db_index=False)
     dataset_id = models.CharField(max_length=128)
     kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.DATA)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
@@ -65,16 +67,26 @@ class Event(models.Model):
     event_time = models.DateTimeField(default=timezone.now)
     payload = models.JSONField(default=dict, blank=True)
     commit = models.ForeignKey(
-        Commit, on_delete=models.PROTECT, null=True, blank=True, related_name="events"
+        Commit,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="events",
+        db_index=False,
     )
     producer_task = models.ForeignKey(
-        "Task", on_delete=models.SET_NULL, null=True, blank=True, related_name="emitted_events"
+        "Task",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="emitted_events",
+        db_index=False,
     )
     # Checkpoint number within the producing task (D7); 0 for the task's final event.
     checkpoint_n = models.PositiveIntegerField(null=True, blank=True)
     # Invalidations (D10): the event a cascade started from, and how far down it has come.
     origin = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
     depth = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
@@ -102,6 +114,12 @@ class Event(models.Model):
                 fields=["created_at"],
                 condition=Q(fanned_out_at__isnull=True),
                 name="event_unfanned_idx",
+            ),
+            models.Index(
+                fields=["commit"], condition=Q(commit__isnull=False), name="event_commit_idx"
+            ),
+            models.Index(
+                fields=["origin"], condition=Q(origin__isnull=False), name="event_origin_idx"
             ),
         ]
         ordering = ["-created_at"]
