@@ -3,30 +3,6 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# PostgreSQL only. Claims read the pending tasks oldest first, exactly where the dead entries
-# of tasks that left `pending` collect until VACUUM: vacuum `tasks` early and without pausing.
-# Attempts are updated once, when they end, in columns no index covers: room left in each page
-# lets that update stay on the page and skip every index (a HOT update).
-STORAGE = [
-    "ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.01, "
-    "autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.02)",
-    "ALTER TABLE task_attempts SET (fillfactor = 80)",
-]
-STORAGE_RESET = [
-    "ALTER TABLE tasks RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_cost_delay, "
-    "autovacuum_analyze_scale_factor)",
-    "ALTER TABLE task_attempts RESET (fillfactor)",
-]
-
-
-def _on_postgres(statements: list[str]):  # type: ignore[no-untyped-def]
-    def run(apps, schema_editor):  # type: ignore[no-untyped-def]
-        if schema_editor.connection.vendor == "postgresql":
-            for statement in statements:
-                schema_editor.execute(statement)
-
-    return run
-
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -36,7 +12,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(_on_postgres(STORAGE), _on_postgres(STORAGE_RESET)),
         migrations.RemoveIndex(
             model_name="task",
             name="task_finished_idx",
