@@ -128,6 +128,21 @@ def _move(task: Task, to: str, **fields: Any) -> Task:
 
 def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
     """Move locked tasks in bulk: one conditional UPDATE and one counter bump per group."""
+    return _move_groups(tasks, to, fields, None)
+
+
+def move_each(tasks: list[Task], to: str, fields_of: Callable[[Task], dict[str, Any]]) -> None:
+    """`move_many` where each task gets values of its own (lease tokens, output events): a
+    CASE on the id for each field whose values differ."""
+    _move_groups(tasks, to, {}, fields_of)
+
+
+def _move_groups(
+    tasks: Iterable[Task],
+    to: str,
+    shared: dict[str, Any],
+    fields_of: Callable[[Task], dict[str, Any]] | None,
+) -> list[Task]:
     groups: dict[tuple[str, int, str, str], list[Task]] = {}
     for task in tasks:
         _check(task, to)
@@ -136,8 +151,12 @@ def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
         )
     moved: list[Task] = []
     for (state, version_id, node_id, lane), members in groups.items():
-        ids = [t.pk for t in members]
-        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **fields)
+        own = {task.pk: fields_of(task) for task in members} if fields_of else {}
+        updates = dict(shared)
+        for name in sorted({name for fields in own.values() for name in fields}):
+            updates[name] = _per_task(name, own)
+        ids = [task.pk for task in members]
+        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **updates)
         if updated != len(ids):
             raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
         before, after = _weight(state), _weight(to)
@@ -150,7 +169,7 @@ def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
         )
         for task in members:
             task.state = to
-            for name, value in fields.items():
+            for name, value in {**shared, **own.get(task.pk, {})}.items():
                 setattr(task, name, value)
         moved.extend(members)
     return moved
@@ -177,37 +196,6 @@ def _per_task(name: str, values: dict[Any, dict[str, Any]]) -> Any:
         ],
         output_field=field,
     )
-
-
-def move_each(tasks: list[Task], to: str, fields_of: Callable[[Task], dict[str, Any]]) -> None:
-    """`move_many` where each task gets values of its own (lease tokens, output events): one
-    conditional UPDATE with a CASE per field for each (state, lane) group."""
-    groups: dict[tuple[str, int, str, str], list[Task]] = {}
-    for task in tasks:
-        _check(task, to)
-        groups.setdefault((task.state, task.dag_version_id, task.node_id, task.lane), []).append(
-            task
-        )
-    for (state, version_id, node_id, lane), members in groups.items():
-        values = {task.pk: fields_of(task) for task in members}
-        names = sorted({name for fields in values.values() for name in fields})
-        updates = {name: _per_task(name, values) for name in names}
-        ids = list(values)
-        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **updates)
-        if updated != len(ids):
-            raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
-        before, after = _weight(state), _weight(to)
-        bump_lane(
-            version_id,
-            node_id,
-            lane,
-            (after[0] - before[0]) * updated,
-            (after[1] - before[1]) * updated,
-        )
-        for task in members:
-            task.state = to
-            for name, value in values[task.pk].items():
-                setattr(task, name, value)
 
 
 def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:
