@@ -14,7 +14,6 @@ from rest_framework.views import APIView
 from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import SluiceError, ValidationFailed
 from apps.tasks import worker_api
-from apps.tasks.models import Attempt
 
 MAX_BATCH = 100
 
@@ -34,14 +33,6 @@ def _items(body: dict[str, Any], key: str) -> list[Any] | None:
     if len(items) > MAX_BATCH:
         raise ValidationFailed.field(key, f"at most {MAX_BATCH} items per call")
     return items
-
-
-def _task_id_of(item: dict[str, Any]) -> str | None:
-    if "task_id" in item:
-        return str(item["task_id"])
-    token = item.get("lease_token")
-    task_id = Attempt.objects.filter(lease_token=token).values_list("task_id", flat=True).first()
-    return str(task_id) if task_id else None
 
 
 def _run_batch(
@@ -65,7 +56,7 @@ def _run_batch(
         except SluiceError as exc:
             results.append(
                 {
-                    "task_id": _task_id_of(item),
+                    "task_id": worker_api.task_id_of(item),
                     "index": index,
                     "code": exc.code,
                     "detail": exc.detail,

@@ -586,12 +586,16 @@ def _complete_alone(principal: WorkerPrincipal, item: Any, index: int) -> dict[s
     try:
         return task_complete(principal, item)
     except SluiceError as exc:
-        task_id = (
-            Attempt.objects.filter(lease_token=item.get("lease_token"))
-            .values_list("task_id", flat=True)
-            .first()
-        )
-        return refusal(str(task_id) if task_id else None, index, exc)
+        return refusal(task_id_of(item), index, exc)
+
+
+def task_id_of(item: dict[str, Any]) -> str | None:
+    """The task a batch item names: by id, or through the attempt holding its lease token."""
+    if "task_id" in item:
+        return str(item["task_id"])
+    token = item.get("lease_token")
+    task_id = Attempt.objects.filter(lease_token=token).values_list("task_id", flat=True).first()
+    return str(task_id) if task_id else None
 
 
 def _outputs_of(item: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
