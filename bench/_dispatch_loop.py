@@ -1,6 +1,7 @@
-"""A bounded dispatcher loop with a chosen batch size (bench/dispatch.py uses batch 1 to send
-one task per pool message, so every worker call carries one task). Stops after --seconds or
-on SIGTERM."""
+"""A bounded dispatcher loop whose messages carry a chosen number of tasks: bench/dispatch.py
+runs it with --message-size 1 so that every worker call carries one task. It claims as the
+Dispatcher does (up to --batch per lane and tick) and splits each claim into messages. Stops
+after --seconds or on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -18,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=100, help="tasks claimed per lane and tick")
+    parser.add_argument("--message-size", type=int, default=1, help="tasks per message")
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--idle-sleep", type=float, default=0.05)
     args = parser.parse_args()
@@ -30,7 +33,9 @@ def main() -> None:
     django.setup()
     from django.db import close_old_connections
 
-    from apps.tasks.dispatch import dispatch_once
+    from apps.tasks.dispatch import claim, send
+    from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.triggers import Wakeups
 
     stopping = threading.Event()
 
@@ -39,11 +44,21 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    wakeups = Wakeups()
+    size = args.message_size
     deadline = time.monotonic() + args.seconds
     while not stopping.is_set() and time.monotonic() < deadline:
         close_old_connections()
-        if not dispatch_once(batch=args.batch):
-            stopping.wait(args.idle_sleep)
+        fanned = fan_out_pending_events()
+        claims = claim(batch=args.batch)
+        messages = [
+            replace(c, tasks=c.tasks[i : i + size])
+            for c in claims
+            for i in range(0, len(c.tasks), size)
+        ]
+        if not send(messages) and not fanned:
+            wakeups.wait(args.idle_sleep)
+    wakeups.close()
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ class Platform:
         dispatchers: int,
         celery_concurrency: int,
         trigger: str,
-        dispatch_batch: int | None = None,
+        message_size: int | None = None,
     ) -> Iterator[Processes]:
         """Start web, dispatcher(s), a reaper and a Celery worker; stop them all on exit."""
         import redis
@@ -189,14 +189,14 @@ class Platform:
                 web_env,
             )
             for i in range(dispatchers):
-                if dispatch_batch is None:
+                if message_size is None:
                     cmd = [PYTHON, "manage.py", "dispatch", "--loop", "--idle-sleep", "0.05"]
                 else:
                     cmd = [
                         PYTHON,
                         "bench/_dispatch_loop.py",
-                        "--batch",
-                        str(dispatch_batch),
+                        "--message-size",
+                        str(message_size),
                         "--seconds",
                         str(self.max_seconds),
                     ]
@@ -702,6 +702,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="Celery worker concurrency")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--dispatchers", type=int, default=1)
+    parser.add_argument(
+        "--trigger",
+        default="notify",
+        choices=["notify", "inline", "off"],
+        help="SLUICE_DISPATCH_TRIGGER of the end-to-end and latency runs",
+    )
     parser.add_argument("--e2e-events", type=int, default=2_000, help="batched e2e events")
     parser.add_argument("--e2e-single-events", type=int, default=500)
     parser.add_argument("--latency-rate", type=float, default=100.0)
@@ -764,7 +770,7 @@ def main() -> None:
             web_workers=args.web_workers,
             dispatchers=args.dispatchers,
             celery_concurrency=args.workers,
-            trigger="inline",
+            trigger=args.trigger,
         ) as procs:
             if "e2e" not in skip:
                 version = deploy(setup.org, "e2eb")
@@ -783,13 +789,13 @@ def main() -> None:
                     procs,
                 )
     if "single" not in skip:
-        console.rule("end to end: one task per call (dispatch batch 1, trigger off)")
+        console.rule("end to end: one task per call (claims of ≤ 100, one task per message)")
         with platform.running(
             web_workers=args.web_workers,
             dispatchers=args.dispatchers,
             celery_concurrency=args.workers,
-            trigger="off",
-            dispatch_batch=1,
+            trigger="off" if args.trigger == "inline" else args.trigger,
+            message_size=1,
         ) as procs:
             version = deploy(setup.org, "e2es")
             bench_end_to_end(

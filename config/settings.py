@@ -285,9 +285,14 @@ if TESTING:
 # --- Dispatch and leases (DESIGN.md D7, D11) --------------------------------------------------
 SLUICE_LEASE_TTL_S: float = env.float("SLUICE_LEASE_TTL_S", default=30.0)
 SLUICE_QUEUED_TIMEOUT_S: float = env.float("SLUICE_QUEUED_TIMEOUT_S", default=300.0)
-# After a commit that creates runnable tasks: "inline" (dispatch in the same process, lowest
-# latency), "celery" (a dispatch_tick task) or "off" (beat ticks only).
+# After a commit that creates runnable tasks: "inline" (dispatch in the committing process),
+# "notify" (PostgreSQL: wake the `manage.py dispatch --loop` processes), "celery" (a
+# dispatch_tick task) or "off" (loops and beat ticks only). See apps/tasks/triggers.py.
 SLUICE_DISPATCH_TRIGGER: str = env.str("SLUICE_DISPATCH_TRIGGER", default="inline")
+if SLUICE_DISPATCH_TRIGGER not in {"inline", "notify", "celery", "off"}:
+    raise ImproperlyConfigured("SLUICE_DISPATCH_TRIGGER must be inline, notify, celery or off.")
+if SLUICE_DISPATCH_TRIGGER == "notify" and USING_SQLITE:
+    raise ImproperlyConfigured("SLUICE_DISPATCH_TRIGGER=notify needs PostgreSQL (LISTEN/NOTIFY).")
 CELERY_BEAT_SCHEDULE.update(
     {
         "dispatch": {"task": "apps.tasks.celery_tasks.dispatch_tick", "schedule": 1.0},

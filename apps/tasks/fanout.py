@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -215,12 +216,30 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
     return created
 
 
+def deferred() -> bool:
+    """With the notify trigger, requests leave fan-out to the dispatcher loops their commit
+    wakes: a loop fans out every waiting event in one transaction, then claims."""
+    return settings.SLUICE_DISPATCH_TRIGGER == "notify"
+
+
+def fanned_out_stamp(now: dt.datetime) -> dt.datetime | None:
+    """`fanned_out_at` of an event about to be inserted and passed to `fan_out_inserted`."""
+    return None if deferred() else now
+
+
+def fan_out_inserted(events: list[Event]) -> None:
+    """Fan out events just inserted with `fanned_out_stamp`, unless that is deferred."""
+    if not deferred():
+        fan_out(events, mark=False)
+
+
 def fan_out_pending_events(limit: int = 500) -> int:
-    """The safety net: fan out events that were stored without it. Returns how many."""
+    """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
     with counted_atomic():
         events = list(
             Event.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("commit")  # memo keys name the commit's version
             .filter(fanned_out_at__isnull=True)
             .order_by("created_at")[:limit]
         )

@@ -26,7 +26,7 @@ from apps.datasets.storage import (
 )
 from apps.orgs.errors import FieldError, NotFound, ValidationFailed
 from apps.orgs.models import Org
-from apps.tasks.fanout import fan_out
+from apps.tasks.fanout import fan_out, fan_out_inserted, fanned_out_stamp
 from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import Event, EventKind, Mode
 from apps.tasks.triggers import dispatch_after_commit
@@ -142,7 +142,7 @@ def _event(
         event_time=event_time,
         payload=payload,
         created_at=now,
-        fanned_out_at=now,
+        fanned_out_at=fanned_out_stamp(now),
     )
     return ParsedEvent(event, dataset, rows, landed)
 
@@ -254,7 +254,7 @@ def events_ingest(org: Org, body: Any) -> list[Ingested]:
             if not e.idempotency_key or stored.get((e.dataset_id, e.idempotency_key)) == e.pk
         ]
         _commit_landed(org, created, landed)
-        fan_out(created, mark=False)
+        fan_out_inserted(created)
         dispatch_after_commit()
     created_ids = {e.pk for e in created}
     _remove_orphans(parsed, created_ids)

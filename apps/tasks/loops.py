@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -13,8 +14,18 @@ from django.db import DatabaseError, close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
+IDLE_SLICE_S = 0.5
 
-def run_loop(step: Callable[[], bool], *, loop: bool, idle_sleep: float) -> None:
+
+def run_loop(
+    step: Callable[[], bool],
+    *,
+    loop: bool,
+    idle_sleep: float,
+    wait: Callable[[float], object] | None = None,
+) -> None:
+    """Run `step` once, or until stopped. When idle, sleep `idle_sleep`, or less when `wait`
+    (called with a timeout) returns True: there may be work."""
     if not loop:
         step()
         return
@@ -36,4 +47,17 @@ def run_loop(step: Callable[[], bool], *, loop: bool, idle_sleep: float) -> None
             connection.close()
             busy = False
         if not busy:
-            stopping.wait(idle_sleep)
+            _idle(stopping, idle_sleep, wait)
+
+
+def _idle(
+    stopping: threading.Event, seconds: float, wait: Callable[[float], object] | None
+) -> None:
+    if wait is None:
+        stopping.wait(seconds)
+        return
+    # In slices: a signal does not interrupt a blocking wait, so a stop is noticed within one.
+    deadline = time.monotonic() + seconds
+    while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+        if wait(min(left, IDLE_SLICE_S)):
+            return

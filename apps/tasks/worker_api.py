@@ -24,7 +24,7 @@ from apps.orgs.authentication import WorkerPrincipal
 from apps.orgs.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
-from apps.tasks.fanout import fan_out
+from apps.tasks.fanout import fan_out_inserted, fanned_out_stamp
 from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import Attempt, AttemptOutcome, Event, EventKind, Task, TaskInput, TaskState
 from apps.tasks.runtimes import dispatch_token
@@ -189,7 +189,8 @@ def task_fetch(
             heartbeat_at=timezone.now(),
         )
         # Only while leased, only the org secrets the node names; each hand-out is audited.
-        handed = secrets_service.handout(task.org, node.get("secrets") or [], task.pk)
+        names = node.get("secrets") or []
+        handed = secrets_service.handout(task.org, names, task.pk) if names else {}
         body = _lease_body(task, node, handed)
     return body
 
@@ -428,7 +429,7 @@ def _output_event(
         checkpoint_n=checkpoint_n,
         origin_id=(source.origin_id or source.pk) if replaces else None,
         depth=source.depth + 1 if replaces else 0,
-        fanned_out_at=timezone.now(),
+        fanned_out_at=fanned_out_stamp(timezone.now()),
     )
 
 
@@ -447,7 +448,7 @@ def _emit(
     [commit] = commits_record(task.org, [_commit_request(task, node, facts, range_)])
     event = _output_event(task, node, commit, range_, payload, checkpoint_n)
     event.save(force_insert=True)
-    fan_out([event], mark=False)
+    fan_out_inserted([event])
     return event
 
 
@@ -697,7 +698,7 @@ def _record_completions(done: list[_Completion]) -> None:
                 )
             )
     Event.objects.bulk_create(events)
-    fan_out(events, mark=False)
+    fan_out_inserted(events)
     output_of = {event.producer_task_id: event.pk for event in events}
     TaskInput.objects.bulk_create(
         TaskInput(

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 
 from apps.tasks import dispatch, fanout
 from apps.tasks.loops import run_loop
+from apps.tasks.triggers import Wakeups
 
 
 class Command(BaseCommand):
@@ -25,4 +26,10 @@ class Command(BaseCommand):
                 self.stdout.write(f"fanned out {fanned} event(s), sent {sent} task(s)")
             return bool(sent or fanned)
 
-        run_loop(step, loop=options["loop"], idle_sleep=options["idle_sleep"])
+        wakeups = Wakeups()  # SLUICE_DISPATCH_TRIGGER=notify wakes an idle loop at once
+        try:
+            run_loop(
+                step, loop=options["loop"], idle_sleep=options["idle_sleep"], wait=wakeups.wait
+            )
+        finally:
+            wakeups.close()
