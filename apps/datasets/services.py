@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from apps.datasets import pg
 from apps.datasets.models import Commit, Dataset, Generation
@@ -38,23 +38,26 @@ class CommitRequest:
         return sum(int(f.get("bytes") or 0) for f in self.files)
 
 
-def _locked_live_generation(dataset: Dataset) -> Generation:
-    """The live generation's row, locked: seq numbers are handed out under this lock."""
-    generation = (
-        Generation.objects.select_for_update(of=("self",))
-        .filter(dataset=dataset, number=dataset.live_generation)
-        .first()
-    )
-    if generation is None:
+def _reserve_seqs(dataset: Dataset, count: int) -> int:
+    """Hand out `count` seq numbers of the live generation; returns the last one. One
+    `UPDATE … RETURNING`, whose row lock (held to the end of the transaction) serializes
+    the commits of a generation, and the postgres loads into it."""
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE dataset_generations SET last_seq = last_seq + %s "
+                "WHERE dataset_id = %s AND number = %s RETURNING last_seq",
+                [count, dataset.pk, dataset.live_generation],
+            )
+            row = cursor.fetchone()
+        if row is not None:
+            return int(row[0])
         try:
             with transaction.atomic():
                 Generation.objects.create(dataset=dataset, number=dataset.live_generation)
         except IntegrityError:
-            pass  # created concurrently; the lock below waits for it
-        generation = Generation.objects.select_for_update(of=("self",)).get(
-            dataset=dataset, number=dataset.live_generation
-        )
-    return generation
+            pass  # created concurrently; the update above now waits for it
+    raise RuntimeError(f"generation {dataset.live_generation} of {dataset} cannot be created")
 
 
 def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
@@ -69,16 +72,17 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
         dataset = datasets.get(dataset_id)
         if dataset is None:
             raise NotFound(f"No dataset {dataset_id!r}.")
-        _evolve(dataset, [requests[i] for i in by_dataset[dataset_id]])
-        generation = _locked_live_generation(dataset)
+        indexes = by_dataset[dataset_id]
+        _evolve(dataset, [requests[i] for i in indexes])
+        generation = dataset.live_generation
+        first_seq = _reserve_seqs(dataset, len(indexes)) - len(indexes) + 1
         rows = []
-        for index in by_dataset[dataset_id]:
+        for seq, index in enumerate(indexes, start=first_seq):
             request = requests[index]
-            generation.last_seq += 1
             commit = Commit(
                 dataset=dataset,
-                generation=generation.number,
-                seq=generation.last_seq,
+                generation=generation,
+                seq=seq,
                 range_start=request.range_start,
                 range_end=request.range_end,
                 files=request.files,
@@ -91,9 +95,8 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
             rows.append(commit)
             made[index] = commit
         Commit.objects.bulk_create(rows)
-        Generation.objects.filter(pk=generation.pk).update(last_seq=generation.last_seq)
         if dataset.backend == "postgres":
-            _load_postgres(dataset, generation.number, rows)
+            _load_postgres(dataset, generation, rows)
     return [c for c in made if c is not None]
 
 
