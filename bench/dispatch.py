@@ -171,8 +171,9 @@ class Platform:
         import redis
 
         redis.Redis.from_url(BROKER).flushdb()
-        procs = Processes(self.env, self.log_dir, self.max_seconds)
-        web_env = {"SLUICE_DISPATCH_TRIGGER": trigger}
+        # Every process shares the trigger: with "notify" the dispatcher loops also pace.
+        env = {**self.env, "SLUICE_DISPATCH_TRIGGER": trigger}
+        procs = Processes(env, self.log_dir, self.max_seconds)
         try:
             procs.start(
                 "web",
@@ -186,7 +187,6 @@ class Platform:
                     "--threads",
                     "4",
                 ],
-                web_env,
             )
             for i in range(dispatchers):
                 if message_size is None:
@@ -606,15 +606,15 @@ def bulk_tasks(org_id: int, version_id: int, dag: str, count: int, state: str, f
                 cursor.execute(
                     "WITH ev AS (INSERT INTO events (id, org_id, dataset_id, kind, mode, "
                     "idempotency_key, range_start, range_end, event_time, payload, created_at, "
-                    "fanned_out_at) SELECT gen_random_uuid(), %(org)s, %(ds)s, 'data', 'live', "
-                    "'', g::text, (g + 1)::text, now(), '{}', now(), now() "
+                    "fanned_out_at, depth) SELECT gen_random_uuid(), %(org)s, %(ds)s, 'data', "
+                    "'live', '', g::text, (g + 1)::text, now(), '{}', now(), now(), 0 "
                     "FROM generate_series(%(lo)s, %(hi)s) g RETURNING id, range_start) "
                     "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, "
                     "lane, mode, attempt, attempts_base, max_attempts, dispatch_count, "
-                    "created_at, finished_at, cancel_requested) SELECT gen_random_uuid(), "
+                    "created_at, finished_at, memo_key) SELECT gen_random_uuid(), "
                     "%(org)s, %(ver)s, 'op1', ev.id, %(state)s, 'live', 'live', 0, 0, 3, 0, "
                     "now() + ev.range_start::bigint * interval '1 microsecond', "
-                    "CASE WHEN %(state)s = 'succeeded' THEN now() END, false FROM ev",
+                    "CASE WHEN %(state)s = 'succeeded' THEN now() END, '' FROM ev",
                     {
                         "org": org_id,
                         "ds": f"{dag}.src",

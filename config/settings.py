@@ -293,6 +293,11 @@ if SLUICE_DISPATCH_TRIGGER not in {"inline", "notify", "celery", "off"}:
     raise ImproperlyConfigured("SLUICE_DISPATCH_TRIGGER must be inline, notify, celery or off.")
 if SLUICE_DISPATCH_TRIGGER == "notify" and USING_SQLITE:
     raise ImproperlyConfigured("SLUICE_DISPATCH_TRIGGER=notify needs PostgreSQL (LISTEN/NOTIFY).")
+# Pacing (apps/tasks/dispatch.py): a lane with tasks in flight waits for a batch as large as
+# what is in flight. On by default with "notify", whose loops re-check at every completion.
+SLUICE_DISPATCH_PACING: bool = env.bool(
+    "SLUICE_DISPATCH_PACING", default=SLUICE_DISPATCH_TRIGGER == "notify"
+)
 CELERY_BEAT_SCHEDULE.update(
     {
         "dispatch": {"task": "apps.tasks.celery_tasks.dispatch_tick", "schedule": 1.0},

@@ -367,3 +367,37 @@ def test_ingest_triggers_dispatch_after_commit(
     for callback in callbacks:
         callback()
     assert [m["node"] for m in recorder.messages] == ["op1"]
+
+
+def test_pacing_sends_a_busy_lane_larger_messages(world, chain, settings):
+    """With pacing, a lane with tasks in flight waits until as many are pending as are in
+    flight (or its room is that small); an idle lane is served at once."""
+    settings.SLUICE_DISPATCH_PACING = True
+
+    def messages() -> list[list[dict]]:
+        return [[t.as_message() for t in c.tasks] for c in dispatch.claim() if c.node_id == "op1"]
+
+    post_event(world, key="p1")
+    [first] = messages()  # idle: at once
+    post_event(world, key="p2")
+    [second] = messages()  # 1 pending >= 1 in flight
+    post_event(world, key="p3")
+    assert messages() == []  # 1 pending < 2 in flight: it waits
+    post_event(world, key="p4")
+    [pair] = messages()
+    assert (len(first), len(second), len(pair)) == (1, 1, 2)  # one message of two
+    for message in first + second + pair[:1]:
+        assert complete(chain, fetch(chain, message).json()).status_code == 200
+    post_event(world, key="p5")
+    [fifth] = messages()  # 1 pending >= 1 still in flight
+    assert len(fifth) == 1
+
+    # The cap still rules: with room for one, one goes even though more are in flight.
+    lane = NodeLane.objects.get(node_id="op1", lane="live")
+    NodeLane.objects.filter(pk=lane.pk).update(cap=lane.in_flight + 1)
+    for key in ("p6", "p7", "p8"):
+        post_event(world, key=key)
+    assert [len(m) for m in messages()] == [1]
+    assert messages() == []  # at the cap
+    lane.refresh_from_db()
+    assert (lane.pending, lane.in_flight) == (2, lane.cap)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from django.conf import settings
+from django.db.models import F, Q, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from apps.dags.models import DagVersion
@@ -39,11 +42,12 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
     """One claiming transaction. Returns what to send once it has committed."""
     claims: list[Claim] = []
     with counted_atomic():
-        lanes = list(
-            NodeLane.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(runnable=True)
-            .order_by("priority", "dispatched_at", "id")[:lanes_per_tick]
+        lanes = NodeLane.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            runnable=True
         )
+        if settings.SLUICE_DISPATCH_PACING:
+            lanes = lanes.filter(_ready_for_a_message(batch))
+        lanes = lanes.order_by("priority", "dispatched_at", "id")[:lanes_per_tick]
         for lane in lanes:
             room = min(batch, lane.cap - lane.in_flight)
             tasks = lifecycle.task_claim_pending(lane.dag_version_id, lane.node_id, lane.lane, room)
@@ -57,6 +61,16 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
             ]
             claims.append(claim_)
     return claims
+
+
+def _ready_for_a_message(batch: int) -> Q:
+    """Pacing: a lane with tasks in flight waits until as many are pending as are in flight
+    (or a full batch, or all its room). An idle lane is served at once; a busy one sends ever
+    larger messages instead of one message per task, so a backlog waits in `pending`, where
+    it can still be batched, and not in the queue one task per message. Completions wake the
+    loops, so a waiting lane is looked at again as soon as its workers finish something."""
+    wanted = Least(F("in_flight"), Value(batch), F("cap") - F("in_flight"))
+    return Q(in_flight=0) | Q(pending__gte=wanted)
 
 
 def send(claims: list[Claim]) -> int:
