@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from apps.datasets.models import Commit
 from apps.orgs import services as org_services
-from apps.tasks import dispatch, reaper
+from apps.tasks import dispatch, fanout, reaper
 from apps.tasks.models import Attempt, Event, NodeLane, Task
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, complete, deploy, fetch, worker_client, write_output
@@ -401,3 +401,13 @@ def test_pacing_sends_a_busy_lane_larger_messages(world, chain, settings):
     assert messages() == []  # at the cap
     lane.refresh_from_db()
     assert (lane.pending, lane.in_flight) == (2, lane.cap)
+
+
+def test_the_fan_out_insert_covers_the_task_model():
+    """The column-array insert of fan-out (PostgreSQL) names every column that cannot start
+    NULL, and nothing the model lacks: a new field on Task fails here, not in production."""
+    fields = {f.column: f for f in Task._meta.concrete_fields}
+    written = {name for name, _ in fanout.TASK_INSERT_COLUMNS}
+    assert written <= set(fields)
+    assert {column for column, f in fields.items() if not f.null} <= written
+    assert all(fields[column].null for column in set(fields) - written)

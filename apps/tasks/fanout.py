@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
@@ -164,6 +164,48 @@ def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]
     NodeLane.objects.bulk_create(rows, ignore_conflicts=True)
 
 
+# What a fan-out writes into `tasks`, by column and type; every other column starts NULL
+# (tests check that the two cover the model).
+TASK_INSERT_COLUMNS = (
+    ("id", "uuid"),
+    ("org_id", "bigint"),
+    ("dag_version_id", "bigint"),
+    ("node_id", "text"),
+    ("event_id", "uuid"),
+    ("state", "text"),
+    ("lane", "text"),
+    ("mode", "text"),
+    ("attempt", "integer"),
+    ("attempts_base", "integer"),
+    ("max_attempts", "integer"),
+    ("dispatch_count", "integer"),
+    ("created_at", "timestamptz"),
+    ("memo_key", "text"),
+)
+_INSERT_TASKS = (
+    "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, lane, mode, "
+    "attempt, attempts_base, max_attempts, dispatch_count, created_at, memo_key) "
+    "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::text[], %s::uuid[], "
+    "%s::text[], %s::text[], %s::text[], %s::integer[], %s::integer[], %s::integer[], "
+    "%s::integer[], %s::timestamptz[], %s::text[])"
+)
+
+
+def insert_tasks(tasks: list[Task]) -> list[Task]:
+    """Insert new tasks. On PostgreSQL one `INSERT … SELECT FROM unnest(…)` of column arrays:
+    `bulk_create` prepares every field of every row one by one, which was half of a fan-out's
+    time."""
+    if connection.vendor != "postgresql" or not tasks:
+        return Task.objects.bulk_create(tasks)
+    columns = [[getattr(task, name) for task in tasks] for name, _ in TASK_INSERT_COLUMNS]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_TASKS, columns)
+    for task in tasks:
+        task._state.adding = False
+        task._state.db = connection.alias
+    return tasks
+
+
 def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
     """Create the tasks of `events` and mark them fanned out, in the caller's transaction
     (`mark=False` when the events were inserted already marked, as ingestion does)."""
@@ -190,9 +232,9 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
                 tasks.append(
                     Task(
                         org_id=event.org_id,
-                        dag_version=version,
+                        dag_version_id=version.pk,
                         node_id=consumer.node_id,
-                        event=event,
+                        event_id=event.pk,
                         lane=lane,
                         mode=event.mode,
                         max_attempts=int(retry.get("max_attempts", 3)),
@@ -205,7 +247,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[Task]:
         ensure_lanes(by_id[version_id].dag, by_id[version_id], pairs)
     # No ignore_conflicts: callers fan out only events not yet fanned out, under a lock, so a
     # duplicate here is a bug, and the unique constraint makes it fail loudly instead.
-    created = Task.objects.bulk_create(tasks)
+    created = insert_tasks(tasks)
     for (version_id, node_id, lane), count in Counter(
         (t.dag_version_id, t.node_id, t.lane) for t in created
     ).items():
@@ -240,6 +282,7 @@ def fan_out_pending_events(limit: int = 500) -> int:
         events = list(
             Event.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("commit")  # memo keys name the commit's version
+            .defer("payload")
             .filter(fanned_out_at__isnull=True)
             .order_by("created_at")[:limit]
         )
