@@ -312,7 +312,7 @@ def bench_ingest(args: argparse.Namespace, port: int, token: str) -> None:
 
 def bench_fanout_waiting() -> None:
     """With the notify trigger ingestion leaves fan-out to the dispatcher loops: time their
-    `fan_out_pending_events()` (≤ 500 events a transaction) over what the ingest runs left."""
+    `fan_out_pending_events()` (≤ 1,000 events a transaction) over what the ingest runs left."""
     from apps.tasks.fanout import fan_out_pending_events
 
     events = 0

@@ -30,10 +30,13 @@ CAP = 6
 BROKER = "redis://127.0.0.1:6379/15"
 
 
-def test_many_processes_share_the_loops(live_server, settings, tmp_path):
+@pytest.mark.parametrize("trigger", ["off", "notify"])
+def test_many_processes_share_the_loops(live_server, settings, tmp_path, trigger):
+    """`off`: only the loops dispatch. `notify`: the web only records and notifies; the
+    dispatcher loops wake, fan out and dispatch with pacing (ADR 0009)."""
     assert connection.vendor == "postgresql", "the full suite runs on PostgreSQL"
     redis.Redis.from_url(BROKER).flushdb()
-    settings.SLUICE_DISPATCH_TRIGGER = "off"  # only the dispatcher processes dispatch
+    settings.SLUICE_DISPATCH_TRIGGER = trigger
     org = Org.objects.create(slug="busy", name="Busy")
     user = UserFactory(username="busy-operator")
     org_services.membership_add(org=org, user=user, role="operator", actor=None)
@@ -50,7 +53,7 @@ def test_many_processes_share_the_loops(live_server, settings, tmp_path):
         "SLUICE_API_URL": live_server.url,
         "SLUICE_DATA_DIR": str(tmp_path),
         "SLUICE_STORAGE_ROOT": str(tmp_path / "storage"),
-        "SLUICE_DISPATCH_TRIGGER": "off",
+        "SLUICE_DISPATCH_TRIGGER": trigger,
     }
     manage = [sys.executable, "manage.py"]
     commands = [

@@ -275,7 +275,7 @@ def fan_out_inserted(events: list[Event]) -> None:
         fan_out(events, mark=False)
 
 
-def fan_out_pending_events(limit: int = 500) -> int:
+def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
     with counted_atomic():
