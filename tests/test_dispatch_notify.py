@@ -65,6 +65,28 @@ def test_requests_leave_fan_out_to_the_dispatcher(notify, world: World, recorder
     assert Task.objects.count() == 2
 
 
+def test_deferred_fan_out_reads_events_in_bulk(notify, world: World, django_assert_max_num_queries):
+    """Events with rows carry a commit, which keys memoization: the fan-out of many such
+    events reads them in one statement, not one per event (nor their deferred fields)."""
+    deploy(world.acme, chain_config(nodes=1))
+    events = [
+        {
+            "dataset": "chain.src",
+            "idempotency_key": f"r{i}",
+            "range_start": i,
+            "range_end": i + 1,
+            "rows": [{"n": i}],
+        }
+        for i in range(20)
+    ]
+    client = world["operator"].client()
+    assert client.post("/v1/events", {"events": events}, format="json").status_code == 202
+    with django_assert_max_num_queries(12):
+        assert fanout.fan_out_pending_events() == 20
+    keys = set(Task.objects.values_list("memo_key", flat=True))
+    assert len(keys) == 20 and all(len(key) == 64 for key in keys)
+
+
 def test_a_committed_notification_wakes_the_listener(notify):
     wakeups = Wakeups()
     try:

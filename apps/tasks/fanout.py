@@ -275,6 +275,20 @@ def fan_out_inserted(events: list[Event]) -> None:
         fan_out(events, mark=False)
 
 
+# What fan-out and memo keys read of an event (its payload can be large).
+_FANNED_OUT_FIELDS = (
+    "id",
+    "org_id",
+    "dataset_id",
+    "kind",
+    "mode",
+    "range_start",
+    "range_end",
+    "commit__generation",
+    "commit__seq",
+)
+
+
 def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
@@ -282,7 +296,7 @@ def fan_out_pending_events(limit: int = 1000) -> int:
         events = list(
             Event.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("commit")  # memo keys name the commit's version
-            .defer("payload")
+            .only(*_FANNED_OUT_FIELDS)
             .filter(fanned_out_at__isnull=True)
             .order_by("created_at")[:limit]
         )
