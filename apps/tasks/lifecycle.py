@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import F
 from django.utils import timezone
 
+from apps.orgs.bulk import update_each
 from apps.orgs.errors import Conflict
 from apps.tasks.models import IN_FLIGHT_STATES, NodeLane, Task, TaskState
 
@@ -152,11 +153,11 @@ def _move_groups(
     moved: list[Task] = []
     for (state, version_id, node_id, lane), members in groups.items():
         own = {task.pk: fields_of(task) for task in members} if fields_of else {}
-        updates = dict(shared)
-        for name in sorted({name for fields in own.values() for name in fields}):
-            updates[name] = _per_task(name, own)
         ids = [task.pk for task in members]
-        updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **updates)
+        if own:
+            updated = update_each(Task, own, shared={**shared, "state": to}, where={"state": state})
+        else:
+            updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **shared)
         if updated != len(ids):
             raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
         before, after = _weight(state), _weight(to)
@@ -173,29 +174,6 @@ def _move_groups(
                 setattr(task, name, value)
         moved.extend(members)
     return moved
-
-
-def _column(name: str) -> Any:
-    """The model field behind `name`, a field name or a foreign key's `…_id`."""
-    for field in Task._meta.concrete_fields:
-        if name in (field.name, field.attname):
-            return getattr(field, "target_field", field)
-    raise LookupError(name)
-
-
-def _per_task(name: str, values: dict[Any, dict[str, Any]]) -> Any:
-    """The value of one column: itself when all tasks share it, else a CASE on the id."""
-    distinct = {repr(fields[name]) for fields in values.values()}
-    if len(distinct) == 1:
-        return next(iter(values.values()))[name]
-    field = _column(name)
-    return Case(
-        *[
-            When(pk=pk, then=Value(fields[name], output_field=field))
-            for pk, fields in values.items()
-        ],
-        output_field=field,
-    )
 
 
 def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:

@@ -21,6 +21,7 @@ from apps.datasets.ranges import canonical_range
 from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
 from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
+from apps.orgs.bulk import update_each
 from apps.orgs.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
@@ -714,14 +715,19 @@ def _record_completions(done: list[_Completion]) -> None:
     )
     lifecycle.task_succeed_many([c.task for c in done], output_event_ids=output_of)
     now = timezone.now()
+    ended = {
+        c.attempt.pk: {
+            "outcome": AttemptOutcome.SUCCEEDED,
+            "ended_at": now,
+            "logs": _tail(c.item.get("logs")),
+            "metrics": c.item.get("metrics") or {},
+        }
+        for c in done
+    }
+    update_each(Attempt, ended)
     for c in done:
-        c.attempt.outcome = AttemptOutcome.SUCCEEDED
-        c.attempt.ended_at = now
-        c.attempt.logs = _tail(c.item.get("logs"))
-        c.attempt.metrics = c.item.get("metrics") or {}
-    Attempt.objects.bulk_update(
-        [c.attempt for c in done], ["outcome", "ended_at", "logs", "metrics"]
-    )
+        for name, value in ended[c.attempt.pk].items():
+            setattr(c.attempt, name, value)
     dispatch_after_commit()
 
 

@@ -1,0 +1,58 @@
+"""`update_each`: per-row values in one statement (unnest on PostgreSQL, CASE elsewhere)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from apps.orgs.bulk import update_each
+from apps.tasks.ingest import events_ingest
+from apps.tasks.models import Event, Task
+from tests.conftest import World
+from tests.flow import chain_config, deploy
+
+pytestmark = pytest.mark.smoke
+
+
+def test_each_row_gets_its_own_values_and_only_matching_rows_change(world: World):
+    deploy(world.acme, chain_config(nodes=1))
+    body = {
+        "events": [
+            {
+                "dataset": "chain.src",
+                "idempotency_key": f"k{i}",
+                "range_start": i,
+                "range_end": i + 1,
+            }
+            for i in range(3)
+        ]
+    }
+    events_ingest(world.acme, body)
+    first, second, third = Task.objects.order_by("created_at", "pk")
+    Task.objects.filter(pk=third.pk).update(state="canceled")
+    later = timezone.now() + dt.timedelta(minutes=5)
+    event = Event.objects.first()
+    assert event is not None
+
+    updated = update_each(
+        Task,
+        {
+            first.pk: {"lease_token": "a", "error": {"why": "x"}, "output_event_id": event.pk},
+            second.pk: {"lease_token": "b", "error": None, "output_event_id": None},
+            third.pk: {"lease_token": "c", "error": {"why": "z"}, "output_event_id": None},
+        },
+        shared={"deadline_at": later},
+        where={"state": "pending"},
+    )
+
+    assert updated == 2  # the canceled one is left alone
+    rows = {t.pk: t for t in Task.objects.all()}
+    assert (rows[first.pk].lease_token, rows[first.pk].error) == ("a", {"why": "x"})
+    assert rows[first.pk].output_event_id == event.pk
+    assert (rows[second.pk].lease_token, rows[second.pk].error) == ("b", None)
+    assert Task.objects.filter(pk=second.pk, error__isnull=True).exists()  # SQL NULL
+    assert rows[first.pk].deadline_at == rows[second.pk].deadline_at == later
+    assert (rows[third.pk].lease_token, rows[third.pk].deadline_at) == (None, None)
+    assert update_each(Task, {}) == 0
