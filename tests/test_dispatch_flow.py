@@ -411,3 +411,17 @@ def test_the_fan_out_insert_covers_the_task_model():
     assert written <= set(fields)
     assert {column for column, f in fields.items() if not f.null} <= written
     assert all(fields[column].null for column in set(fields) - written)
+
+
+def test_node_maps_are_parsed_once_per_version(
+    world, chain, django_assert_num_queries, django_assert_max_num_queries
+):
+    from apps.dags.models import DagVersion
+
+    version = DagVersion.objects.defer("config").get(dag__name="chain", state="active")
+    with django_assert_max_num_queries(1):  # the config, unless this process parsed it already
+        nodes = version.cached_node_map()
+    again = DagVersion.objects.defer("config").get(pk=version.pk)
+    with django_assert_num_queries(0):
+        assert again.cached_node_map() is nodes
+    assert nodes == DagVersion.objects.get(pk=version.pk).node_map()

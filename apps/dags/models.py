@@ -106,6 +106,26 @@ class DagVersion(models.Model):
     def node_map(self) -> dict[str, dict[str, Any]]:
         return {node["id"]: node for node in self.config["nodes"]}
 
+    def cached_node_map(self) -> dict[str, dict[str, Any]]:
+        """`node_map()`, parsed once per process and version, also for a version loaded without
+        its config (`defer("config")`): the hot paths read one node of a whole DAG's config.
+        Keyed by id and content hash (SQLite may reuse an id); treat the result as read-only."""
+        key = (self.pk, self.config_hash)
+        nodes = _NODE_MAPS.get(key)
+        if nodes is None:
+            if "config" in self.get_deferred_fields():
+                config = DagVersion.objects.values_list("config", flat=True).get(pk=self.pk)
+            else:
+                config = self.config
+            if len(_NODE_MAPS) >= _NODE_MAPS_SIZE:
+                _NODE_MAPS.clear()
+            nodes = _NODE_MAPS[key] = {node["id"]: node for node in config["nodes"]}
+        return nodes
+
+
+_NODE_MAPS: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
+_NODE_MAPS_SIZE = 1024
+
 
 class DagNode(models.Model):
     """One node of one version, with the hashes that drive rebuilds and memoization."""

@@ -92,23 +92,10 @@ def send(claims: list[Claim]) -> int:
     return sent
 
 
-_NODE_MAPS: dict[tuple[int, str], dict[str, dict]] = {}
-_NODE_MAPS_SIZE = 1024
-
-
 def _node_maps(version_ids: set[int]) -> dict[int, dict[str, dict]]:
-    """Node configs by version, cached by id and content hash: versions are immutable, and
-    each tick would otherwise load and parse every claimed version's whole config."""
-    hashes = dict(DagVersion.objects.filter(pk__in=version_ids).values_list("pk", "config_hash"))
-    maps = {}
-    for version_id, config_hash in hashes.items():
-        key = (version_id, config_hash)
-        if key not in _NODE_MAPS:
-            if len(_NODE_MAPS) >= _NODE_MAPS_SIZE:
-                _NODE_MAPS.clear()
-            _NODE_MAPS[key] = DagVersion.objects.get(pk=version_id).node_map()
-        maps[version_id] = _NODE_MAPS[key]
-    return maps
+    """Node configs by version (each parsed once per process; see `cached_node_map`)."""
+    versions = DagVersion.objects.filter(pk__in=version_ids).defer("config", "diff")
+    return {version.pk: version.cached_node_map() for version in versions}
 
 
 def requeue_failed_sends(task_ids: set) -> None:

@@ -144,7 +144,7 @@ def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]
     missing = wanted - existing
     if not missing:
         return
-    nodes = version.node_map()
+    nodes = version.cached_node_map()
     rows = []
     for node_id, lane in sorted(missing):
         node = nodes[node_id]

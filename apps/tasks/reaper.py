@@ -29,10 +29,10 @@ DEFAULT_LIMIT = 10_000
 
 
 def _retry_configs(tasks: list[Task]) -> dict[tuple[int, str], dict[str, Any]]:
-    versions = DagVersion.objects.filter(pk__in={t.dag_version_id for t in tasks})
+    versions = DagVersion.objects.filter(pk__in={t.dag_version_id for t in tasks}).defer("config")
     configs = {}
     for version in versions:
-        for node_id, node in version.node_map().items():
+        for node_id, node in version.cached_node_map().items():
             configs[(version.pk, node_id)] = node.get("retry", {})
     return configs
 

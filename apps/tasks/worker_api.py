@@ -65,8 +65,12 @@ def _scoped_tasks(principal: WorkerPrincipal) -> Any:
     return tasks if principal.is_pool else tasks.filter(org=principal.org)
 
 
+# Read through `cached_node_map`, not with every task row.
+_UNREAD_VERSION_FIELDS = ("dag_version__config", "dag_version__diff")
+
+
 def _node(task: Task) -> dict[str, Any]:
-    return task.dag_version.node_map()[task.node_id]
+    return task.dag_version.cached_node_map()[task.node_id]
 
 
 def _staging(dataset: Dataset, generation: int, task_id: uuid.UUID, attempt: int) -> str:
@@ -165,6 +169,7 @@ def task_fetch(
             _scoped_tasks(principal)
             .select_for_update(of=("self",))
             .select_related("dag_version__dag", "event__commit__dataset")
+            .defer(*_UNREAD_VERSION_FIELDS)
             .filter(pk=task_uuid)
             .first()
         )
@@ -225,6 +230,7 @@ def task_fetch_many(
             for task in _scoped_tasks(principal)
             .select_for_update(of=("self",))
             .select_related("dag_version__dag", "event__commit__dataset")
+            .defer(*_UNREAD_VERSION_FIELDS)
             .filter(pk__any=sorted(wanted))
             .order_by("pk")
         }
@@ -305,6 +311,7 @@ def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttem
     task = (
         Task.objects.select_for_update(of=("self",))
         .select_related("dag_version__dag", "event__commit__dataset")
+        .defer(*_UNREAD_VERSION_FIELDS)
         .get(pk=attempt.task_id)
     )
     return LeasedAttempt(attempt, task)
@@ -645,6 +652,7 @@ def _complete_batch(principal: WorkerPrincipal, items: list[Any]) -> list[dict[s
             t.pk: t
             for t in Task.objects.select_for_update(of=("self",))
             .select_related("org", "dag_version__dag", "event__commit__dataset")
+            .defer(*_UNREAD_VERSION_FIELDS)
             .filter(pk__any=sorted({a.task_id for a in attempts.values()}))
             .order_by("pk")
         }
