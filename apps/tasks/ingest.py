@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from apps.dags.models import DagNode, VersionState
+from apps.dags.models import VersionState
 from apps.datasets.models import Dataset
 from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
@@ -52,15 +51,23 @@ class Ingested:
     created: bool
 
 
+# Written out: every POST runs it, and building it with the ORM (a correlated EXISTS across
+# four tables) took longer than running it.
+_SOURCE_DATASETS = (
+    "SELECT d.* FROM datasets d WHERE d.org_id = %s AND d.dataset_id IN ({ids}) AND EXISTS ("
+    "SELECT 1 FROM dag_nodes n JOIN dag_versions v ON v.id = n.version_id "
+    "JOIN dags g ON g.id = v.dag_id WHERE g.org_id = d.org_id AND v.state = %s "
+    "AND n.kind = 'source' AND n.output_dataset = d.dataset_id)"
+)
+
+
 def source_datasets(org: Org, dataset_ids: set[str]) -> dict[str, Dataset]:
     """The datasets among `dataset_ids` that a source node of an active version produces."""
-    sources = DagNode.objects.filter(
-        version__dag__org=org,
-        version__state=VersionState.ACTIVE,
-        kind="source",
-        output_dataset=OuterRef("dataset_id"),
-    )
-    rows = Dataset.objects.filter(org=org, dataset_id__in=dataset_ids).filter(Exists(sources))
+    if not dataset_ids:
+        return {}
+    ids = sorted(dataset_ids)
+    sql = _SOURCE_DATASETS.format(ids=", ".join(["%s"] * len(ids)))
+    rows = Dataset.objects.raw(sql, [org.pk, *ids, VersionState.ACTIVE])
     return {d.dataset_id: d for d in rows}
 
 
