@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from apps.orgs.bulk import update_each
+from apps.orgs.bulk import insert_new, update_each
 from apps.tasks.ingest import events_ingest
 from apps.tasks.models import Event, Task
 from tests.conftest import World
@@ -56,3 +56,36 @@ def test_each_row_gets_its_own_values_and_only_matching_rows_change(world: World
     assert rows[first.pk].deadline_at == rows[second.pk].deadline_at == later
     assert (rows[third.pk].lease_token, rows[third.pk].deadline_at) == (None, None)
     assert update_each(Task, {}) == 0
+
+
+def test_insert_new_skips_conflicts_and_says_what_it_inserted(world: World):
+    deploy(world.acme, chain_config(nodes=1))
+    [first] = events_ingest(
+        world.acme,
+        {"dataset": "chain.src", "idempotency_key": "k0", "range_start": 0, "range_end": 1},
+    )
+    now = timezone.now()
+
+    def event(key: str) -> Event:
+        return Event(
+            org=world.acme,
+            dataset_id="chain.src",
+            idempotency_key=key,
+            range_start="0",
+            range_end="1",
+            event_time=now,
+            payload={"b": 1, "a": [1, 2]},
+            created_at=now,
+        )
+
+    repeat, new = event("k0"), event("k1")
+    assert insert_new(Event, [repeat, new]) == {new.pk}
+    stored = Event.objects.get(pk=new.pk)
+    assert (stored.payload, stored.idempotency_key, stored.fanned_out_at) == (
+        {"b": 1, "a": [1, 2]},
+        "k1",
+        None,
+    )
+    assert not Event.objects.filter(pk=repeat.pk).exists()
+    assert Event.objects.filter(idempotency_key="k0").get().pk == first.event_id
+    assert insert_new(Event, []) == set()

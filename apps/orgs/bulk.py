@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import connection, models
@@ -62,6 +62,40 @@ def update_each(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *arrays, *condition_params])
         return int(cursor.rowcount)
+
+
+def insert_new(model: type[models.Model], objs: Sequence[models.Model]) -> set[Any]:
+    """Insert `objs` (primary keys set by the caller), skipping those that conflict with a
+    unique constraint; returns the primary keys inserted. On PostgreSQL one
+    `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING pk` (which also tells
+    what was inserted); elsewhere `bulk_create` and a lookup."""
+    if not objs:
+        return set()
+    opts = model._meta
+    pk = opts.pk
+    assert pk is not None
+    if connection.vendor != "postgresql":
+        model._default_manager.bulk_create(objs, ignore_conflicts=True)
+        found = model._default_manager.filter(pk__in=[obj.pk for obj in objs])
+        return set(found.values_list("pk", flat=True))
+    quote = connection.ops.quote_name
+    fields = list(opts.concrete_fields)
+    arrays = [
+        [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs] for f in fields
+    ]
+    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    sql = (  # identifiers come from the model's metadata; every value is a parameter
+        f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"SELECT * FROM unnest({casts}) ON CONFLICT DO NOTHING RETURNING {quote(pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, arrays)
+        inserted = {pk.to_python(row[0]) for row in cursor.fetchall()}
+    for obj in objs:
+        if obj.pk in inserted:
+            obj._state.adding = False
+            obj._state.db = connection.alias
+    return inserted
 
 
 def _field(opts: Any, name: str) -> models.Field[Any, Any]:

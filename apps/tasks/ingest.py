@@ -23,6 +23,7 @@ from apps.datasets.storage import (
     landing_prefix,
     write_table,
 )
+from apps.orgs.bulk import insert_new
 from apps.orgs.errors import FieldError, NotFound, ValidationFailed
 from apps.orgs.models import Org
 from apps.tasks.fanout import fan_out, fan_out_inserted, fanned_out_stamp
@@ -253,13 +254,11 @@ def events_ingest(org: Org, body: Any) -> list[Ingested]:
         fresh.append(event)
         answers.append((event, key))
     with counted_atomic():
-        Event.objects.bulk_create(fresh, ignore_conflicts=True)
-        stored = _stored_ids(org, list(keyed))
-        created = [
-            e
-            for e in fresh
-            if not e.idempotency_key or stored.get((e.dataset_id, e.idempotency_key)) == e.pk
-        ]
+        inserted = insert_new(Event, fresh)
+        created = [e for e in fresh if e.pk in inserted]
+        # Only the repeats of earlier calls need a lookup of the event they repeat.
+        stored = {key: event.pk for key, event in keyed.items() if event.pk in inserted}
+        stored.update(_stored_ids(org, [key for key in keyed if key not in stored]))
         _commit_landed(org, created, landed)
         fan_out_inserted(created)
         dispatch_after_commit()
