@@ -1,4 +1,5 @@
-"""Bulk updates where each row gets values of its own."""
+"""Bulk writes built from column arrays on PostgreSQL (one statement, no per-row SQL):
+updates where each row gets values of its own, and inserts that skip conflicting rows."""
 
 from __future__ import annotations
 
