@@ -1,7 +1,7 @@
-"""A bounded dispatcher loop whose messages carry a chosen number of tasks: bench/dispatch.py
-runs it with --message-size 1 so that every worker call carries one task. It claims as the
-Dispatcher does (up to --batch per lane and tick) and splits each claim into messages. Stops
-after --seconds or on SIGTERM."""
+"""A dispatcher loop whose messages carry a chosen number of tasks: bench/dispatch.py runs it
+with --message-size 1 so that every worker call carries one task. It is `manage.py dispatch
+--loop` (the same loop, wake-ups and claims) except that each claim is split into messages.
+Stops after --seconds or on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import argparse
 import os
 import signal
 import sys
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=100, help="tasks claimed per lane and tick")
     parser.add_argument("--message-size", type=int, default=1, help="tasks per message")
-    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--seconds", type=int, default=600)
     parser.add_argument("--idle-sleep", type=float, default=0.05)
     args = parser.parse_args()
 
@@ -31,34 +28,28 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import close_old_connections
-
     from apps.tasks.dispatch import claim, send
     from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.loops import run_loop
     from apps.tasks.triggers import Wakeups
 
-    stopping = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    wakeups = Wakeups()
     size = args.message_size
-    deadline = time.monotonic() + args.seconds
-    while not stopping.is_set() and time.monotonic() < deadline:
-        close_old_connections()
+
+    def step() -> bool:
         fanned = fan_out_pending_events()
-        claims = claim(batch=args.batch)
         messages = [
             replace(c, tasks=c.tasks[i : i + size])
-            for c in claims
+            for c in claim(batch=args.batch)
             for i in range(0, len(c.tasks), size)
         ]
-        if not send(messages) and not fanned:
-            wakeups.wait(args.idle_sleep)
-    wakeups.close()
+        return bool(send(messages) or fanned)
+
+    signal.alarm(args.seconds)  # SIGALRM ends the process after --seconds
+    wakeups = Wakeups()
+    try:
+        run_loop(step, loop=True, idle_sleep=args.idle_sleep, wait=wakeups.wait)
+    finally:
+        wakeups.close()
 
 
 if __name__ == "__main__":

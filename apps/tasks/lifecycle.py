@@ -133,8 +133,8 @@ def move_many(tasks: Iterable[Task], to: str, **fields: Any) -> list[Task]:
 
 
 def move_each(tasks: list[Task], to: str, fields_of: Callable[[Task], dict[str, Any]]) -> None:
-    """`move_many` where each task gets values of its own (lease tokens, output events): a
-    CASE on the id for each field whose values differ."""
+    """`move_many` where each task gets values of its own (lease tokens, output events): one
+    conditional `update_each` per group."""
     _move_groups(tasks, to, {}, fields_of)
 
 
