@@ -146,6 +146,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
+    # Django's own cursors bind parameters client-side and never prepare; the hot paths'
+    # server-binding cursors (`apps/tasks/ingest_lean.py`) prepare their statement on a
+    # connection's fifth use, which saves re-planning it on every request.
+    _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
     _db.setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default=None)
 USING_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
 

@@ -15,6 +15,7 @@ handler404 = "apps.orgs.errors.json_404"
 handler500 = "apps.orgs.errors.json_500"
 
 v1: list[URLPattern | URLResolver] = [
+    path("", include(task_urls.public)),
     path("orgs/<slug:slug>/members", org_views.MembersView.as_view(), name="members"),
     path(
         "orgs/<slug:slug>/members/<str:username>",
@@ -22,7 +23,6 @@ v1: list[URLPattern | URLResolver] = [
         name="member-detail",
     ),
     path("", include("apps.dags.urls")),
-    path("", include(task_urls.public)),
     path("tokens", org_views.TokensView.as_view(), name="tokens"),
     path("datasets", dataset_views.DatasetsView.as_view(), name="datasets"),
     path(
@@ -53,7 +53,10 @@ internal: list[URLPattern | URLResolver] = [
     path("", include(task_urls.internal)),
 ]
 
+# The API first: its paths are the ones resolved on every hot request.
 urlpatterns = [
+    path("v1/", include(v1)),
+    path("internal/", include(internal)),
     path("", RedirectView.as_view(url="/orgs/", permanent=False)),
     path("healthz", org_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
@@ -61,6 +64,4 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("orgs/", org_web.org_list, name="org-list"),
     path("o/<slug:slug>/", org_web.org_overview, name="org-overview"),
-    path("v1/", include(v1)),
-    path("internal/", include(internal)),
 ]

@@ -8,6 +8,9 @@ from typing import Any
 
 import django_filters
 import pyarrow as pa
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -29,6 +32,7 @@ from apps.orgs.api import paginate, paginated, request_org
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.tasks import selectors, services
 from apps.tasks.ingest import dataset_invalidate, events_ingest
+from apps.tasks.ingest_lean import single_event_ingest
 from apps.tasks.models import Event, Mode, Task, TaskState
 from apps.tasks.serializers import EventOutput, IngestOutput, TaskDetailOutput, TaskOutput
 
@@ -60,8 +64,31 @@ def _table_event(request: Request, table: pa.Table) -> dict[str, Any]:
     return item
 
 
+def _lean_post(request: HttpRequest) -> HttpResponse | None:
+    """A plain single-event POST answered over the lean path (`ingest_lean`), or None."""
+    if request.method != "POST" or request.content_type != "application/json":
+        return None
+    if request.META.get("HTTP_ACCEPT", "*/*") not in ("*/*", "application/json"):
+        return None  # DRF negotiates anything else (the browsable API)
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme != "Bearer" or not token:
+        return None
+    event_id = single_event_ingest(token, request.body, settings.SLUICE_TOKEN_TOUCH_INTERVAL_S)
+    if event_id is None:
+        return None
+    return HttpResponse(
+        json.dumps({"events": [{"id": str(event_id), "created": True}]}),
+        status=status.HTTP_202_ACCEPTED,
+        content_type="application/json",
+    )
+
+
 class EventsView(APIView):
     parser_classes = [JSONParser, ArrowStreamParser, ArrowFileParser, ParquetParser]
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        lean = _lean_post(request)
+        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
         request={
