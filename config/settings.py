@@ -146,10 +146,13 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
-    # Django's own cursors bind parameters client-side and never prepare; the hot paths'
-    # server-binding cursors (`apps/tasks/ingest_lean.py`) prepare their statement on a
-    # connection's fifth use, which saves re-planning it on every request.
-    _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
+    # Django's own cursors bind parameters client-side and never prepare (server-side binding
+    # for all of them was tried: generic plans of `state = $1` cannot use the partial indexes
+    # the claims and the reaper rely on). The lean single-event POST prepares its one
+    # statement on a connection's fifth use, which saves planning it on every request; off
+    # behind a pooler that cannot keep prepared statements (PgBouncer before 1.21).
+    if env.bool("SLUICE_DB_PREPARED_STATEMENTS", default=True):
+        _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
     _db.setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default=None)
 USING_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
 

@@ -12,12 +12,13 @@ import pytest
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
+from apps.dags.models import VersionState
 from apps.orgs import services as org_services
 from apps.orgs.models import ApiToken
 from apps.tasks import ingest_lean
 from apps.tasks.ingest import events_ingest
 from apps.tasks.ingest_lean import single_event_ingest
-from apps.tasks.models import Event
+from apps.tasks.models import Event, EventKind
 from apps.tasks.triggers import Wakeups
 from tests.conftest import World
 from tests.flow import chain_config, deploy
@@ -172,3 +173,8 @@ def test_the_insert_names_every_column_the_database_requires():
     named = set(re.split(r",\s*", columns))
     required = {f.column for f in Event._meta.concrete_fields if not f.null}
     assert required <= named, required - named
+
+
+def test_the_statement_spells_the_constants_the_models_define():
+    assert VersionState.ACTIVE == "active" and "v.state = 'active'" in ingest_lean._INGEST
+    assert EventKind.DATA == "data" and "%(dataset)s, 'data'," in ingest_lean._INGEST

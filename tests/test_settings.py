@@ -65,3 +65,20 @@ def test_embedded_default_is_sqlite_wal_immediate(tmp_path: Path):
     assert storage == str(tmp_path / "storage")
     assert (tmp_path / "secret_key").exists()
     assert "Generated a development secret_key" in result.stderr
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("", "5"), ("false", "None")])
+def test_prepared_statements_can_be_turned_off(tmp_path: Path, flag: str, expected: str):
+    env = {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+        "SLUICE_DATA_DIR": str(tmp_path),
+    }
+    if flag:
+        env["SLUICE_DB_PREPARED_STATEMENTS"] = flag
+    code = (
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default']['OPTIONS'].get('prepare_threshold'))"
+    )
+    result = _manage(["shell", "-c", code], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected
