@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from apps.orgs.bulk import insert_new, update_each
+from apps.orgs.bulk import insert_all, insert_new, update_each
 from apps.tasks.ingest import events_ingest
-from apps.tasks.models import Event, Task
+from apps.tasks.models import Attempt, Event, Task
 from tests.conftest import World
 from tests.flow import chain_config, deploy
 
@@ -89,3 +89,28 @@ def test_insert_new_skips_conflicts_and_says_what_it_inserted(world: World):
     assert not Event.objects.filter(pk=repeat.pk).exists()
     assert Event.objects.filter(idempotency_key="k0").get().pk == first.event_id
     assert insert_new(Event, []) == set()
+
+
+def test_insert_all_numbers_the_rows_in_order_as_bulk_create_does(world: World):
+    deploy(world.acme, chain_config(nodes=1))
+    events_ingest(
+        world.acme,
+        {"events": [{"dataset": "chain.src", "idempotency_key": f"k{i}"} for i in range(3)]},
+    )
+    tasks = list(Task.objects.order_by("created_at", "pk"))
+    attempts = [
+        Attempt(task=task, number=1, worker_id=f"w{i}", lease_token=f"lease-{i}")
+        for i, task in enumerate(tasks)
+    ]
+    insert_all(Attempt, attempts)
+    assert all(a.pk is not None and not a._state.adding for a in attempts)
+    for i, attempt in enumerate(attempts):
+        stored = Attempt.objects.get(pk=attempt.pk)
+        assert (stored.task_id, stored.worker_id, stored.lease_token) == (
+            tasks[i].pk,
+            f"w{i}",
+            f"lease-{i}",
+        )
+        assert stored.started_at is not None and stored.metrics == {} and stored.error is None
+    assert sorted(a.pk for a in attempts) == [a.pk for a in attempts]
+    insert_all(Attempt, [])

@@ -13,6 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from apps.datasets import pg
 from apps.datasets.models import Commit, Dataset, Generation
 from apps.datasets.storage import FileFacts, evolve_schema, inspect_file, is_under
+from apps.orgs.bulk import insert_all
 from apps.orgs.errors import FieldError, NotFound, ValidationFailed
 from apps.orgs.models import Org
 
@@ -94,7 +95,7 @@ def commits_record(org: Org, requests: list[CommitRequest]) -> list[Commit]:
             )
             rows.append(commit)
             made[index] = commit
-        Commit.objects.bulk_create(rows)
+        insert_all(Commit, rows)
         if dataset.backend == "postgres":
             _load_postgres(dataset, generation, rows)
     return [c for c in made if c is not None]

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
+from apps.orgs.bulk import array_cursor
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import bump_lane, counted_atomic
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
@@ -200,7 +201,7 @@ def insert_tasks(tasks: list[Task]) -> list[Task]:
     if connection.vendor != "postgresql" or not tasks:
         return Task.objects.bulk_create(tasks)
     columns = [[getattr(task, name) for task in tasks] for name, _ in TASK_INSERT_COLUMNS]
-    with connection.cursor() as cursor:
+    with array_cursor() as cursor:
         cursor.execute(_INSERT_TASKS, columns)
     for task in tasks:
         task._state.adding = False

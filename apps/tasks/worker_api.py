@@ -21,7 +21,7 @@ from apps.datasets.ranges import canonical_range
 from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
 from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
-from apps.orgs.bulk import update_each
+from apps.orgs.bulk import insert_all, update_each
 from apps.orgs.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
@@ -257,15 +257,18 @@ def task_fetch_many(
                 timeout_of=lambda task: float(_node(task).get("timeout_s", 3600)),
             )
             now = timezone.now()
-            Attempt.objects.bulk_create(
-                Attempt(
-                    task=task,
-                    number=task.attempt,
-                    worker_id=worker_id[:200],
-                    lease_token=leases[task.pk],
-                    heartbeat_at=now,
-                )
-                for task in leasable
+            insert_all(
+                Attempt,
+                [
+                    Attempt(
+                        task=task,
+                        number=task.attempt,
+                        worker_id=worker_id[:200],
+                        lease_token=leases[task.pk],
+                        heartbeat_at=now,
+                    )
+                    for task in leasable
+                ],
             )
             outputs = _output_datasets(leasable)
             for task in leasable:
@@ -706,20 +709,23 @@ def _record_completions(done: list[_Completion]) -> None:
                     completion.task, completion.node, commit, completion.range_, payload, 0
                 )
             )
-    Event.objects.bulk_create(events)
+    insert_all(Event, events)
     fan_out_inserted(events)
     output_of = {event.producer_task_id: event.pk for event in events}
-    TaskInput.objects.bulk_create(
-        TaskInput(
-            task=c.task,
-            dataset_id=c.task.event.dataset_id,
-            generation=c.task.event.commit.generation,
-            seq_start=c.task.event.commit.seq,
-            seq_end=c.task.event.commit.seq,
-            event=c.task.event,
-        )
-        for c in done
-        if c.task.event.commit is not None
+    insert_all(
+        TaskInput,
+        [
+            TaskInput(
+                task=c.task,
+                dataset_id=c.task.event.dataset_id,
+                generation=c.task.event.commit.generation,
+                seq_start=c.task.event.commit.seq,
+                seq_end=c.task.event.commit.seq,
+                event=c.task.event,
+            )
+            for c in done
+            if c.task.event.commit is not None
+        ],
     )
     lifecycle.task_succeed_many([c.task for c in done], output_event_ids=output_of)
     now = timezone.now()
