@@ -37,8 +37,8 @@ def test_a_replayed_commit_is_skipped_for_an_unchanged_node(world: World, record
     complete(worker, fetch(worker, recorder.take("op1")[0]).json(), rows=1)
     deploy(world.acme, _config(600))  # v2: only op2 changed
     with transaction.atomic():
-        [replayed] = [t for t in fan_out([event]) if t.node_id == "op1"]
-    replayed.refresh_from_db()
+        [row] = [t for t in fan_out([event]) if t.node_id == "op1"]
+    replayed = Task.objects.get(pk=row.id)
     assert replayed.dag_version.number == 2 and replayed.memo_key == first.memo_key
     assert replayed.state == "skipped_memoized" and replayed.finished_at
     lane = NodeLane.objects.get(dag_version=replayed.dag_version, node_id="op1", lane="live")
