@@ -142,8 +142,10 @@ def _bounds(range_type: str | None, item: dict[str, Any]) -> tuple[str, str] | N
 
 
 def _execute(params: dict[str, Any]) -> tuple[str | None, bool | None] | None:
-    """Run the statement (prepared once per connection) in autocommit on this thread's
-    connection; None if a kept-alive connection turns out dead (nothing ran)."""
+    """Run the statement in autocommit on this thread's connection (prepared once per
+    connection unless `SLUICE_DB_PREPARED_STATEMENTS` is off). None when the connection fails,
+    typically a kept-alive one found dead: the full path reconnects and answers (an event
+    that did commit is found there by its idempotency key, as for any retry)."""
     if connection.connection is None:
         connection.ensure_connection()
     try:
