@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.datasets.models import Commit
@@ -425,3 +427,29 @@ def test_node_maps_are_parsed_once_per_version(
     with django_assert_num_queries(0):
         assert again.cached_node_map() is nodes
     assert nodes == DagVersion.objects.get(pk=version.pk).node_map()
+
+
+def test_a_duplicate_fan_out_fails_loudly(world, chain):
+    """Callers fan out only events not yet fanned out; a second task for the same (version,
+    node, event) is a bug, refused by the unique constraint as Django's IntegrityError."""
+    post_event(world, "dup")
+    task = Task.objects.get(node_id="op1")
+    row = fanout.NewTask(
+        id=uuid.uuid4(),
+        org_id=task.org_id,
+        dag_version_id=task.dag_version_id,
+        node_id=task.node_id,
+        event_id=task.event_id,
+        state="pending",
+        lane=task.lane,
+        mode=task.mode,
+        attempt=0,
+        attempts_base=0,
+        max_attempts=3,
+        dispatch_count=0,
+        created_at=timezone.now(),
+        memo_key="",
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        fanout.insert_tasks([row])
+    assert Task.objects.filter(node_id="op1").count() == 1

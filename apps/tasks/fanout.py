@@ -198,7 +198,12 @@ def insert_tasks(tasks: list[NewTask]) -> None:
     if connection.vendor != "postgresql":
         Task.objects.bulk_create([Task(**task._asdict()) for task in tasks])
         return
-    with connection.cursor() as cursor, cursor.copy(_COPY_TASKS) as copy:
+    # Errors as Django's (a duplicate is an IntegrityError), as from any other statement.
+    with (
+        connection.cursor() as cursor,
+        connection.wrap_database_errors,
+        cursor.copy(_COPY_TASKS) as copy,
+    ):
         for task in tasks:
             copy.write_row(task)
 
