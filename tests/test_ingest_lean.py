@@ -97,6 +97,8 @@ def test_the_insert_notifies_the_dispatcher(notify: World):
     [
         ({**item("r"), "rows": [{"n": 1}]}, 202, None),  # rows: the full path writes them
         ({"events": [item("b")]}, 202, None),
+        ({**item("p"), "payload": {"rows": 1}}, 202, None),  # only looks like rows
+        ({**item("big"), "payload": {"blob": "x" * 70_000}}, 202, None),
         ({**item("x"), "dataset": "chain.op1"}, 400, "dataset"),  # not a source
         ({**item("x"), "dataset": "nope"}, 400, "dataset"),
         ({**item("x"), "range_start": 5}, 400, "range_start"),  # start ≥ end
