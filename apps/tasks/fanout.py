@@ -218,7 +218,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[NewTask]:
     versions = list(
         DagVersion.objects.filter(dag__org_id__in=org_ids, state__in=LIVE_VERSION_STATES)
         .select_related("dag")
-        .defer("config")
+        .defer("config", "diff")
     )
     tasks: list[NewTask] = []
     lanes: dict[int, set[tuple[str, str]]] = {}

@@ -29,7 +29,9 @@ DEFAULT_LIMIT = 10_000
 
 
 def _retry_configs(tasks: list[Task]) -> dict[tuple[int, str], dict[str, Any]]:
-    versions = DagVersion.objects.filter(pk__in={t.dag_version_id for t in tasks}).defer("config")
+    versions = DagVersion.objects.filter(pk__in={t.dag_version_id for t in tasks}).defer(
+        "config", "diff"
+    )
     configs = {}
     for version in versions:
         for node_id, node in version.cached_node_map().items():
