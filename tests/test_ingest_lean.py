@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 from django.db import connection, connections, transaction
+from django.http import HttpRequest
+from django.test import RequestFactory
 from django.utils import timezone
 
 from apps.dags.models import VersionState
@@ -20,6 +22,7 @@ from apps.tasks.ingest import events_ingest
 from apps.tasks.ingest_lean import single_event_ingest
 from apps.tasks.models import Event, EventKind
 from apps.tasks.triggers import Wakeups
+from apps.tasks.views import _lean_post
 from tests.conftest import World
 from tests.flow import chain_config, deploy
 
@@ -180,3 +183,20 @@ def test_the_insert_names_every_column_the_database_requires():
 def test_the_statement_spells_the_constants_the_models_define():
     assert VersionState.ACTIVE == "active" and "v.state = 'active'" in ingest_lean._INGEST
     assert EventKind.DATA == "data" and "%(dataset)s, 'data'," in ingest_lean._INGEST
+
+
+def test_only_bodies_of_a_known_small_length_take_the_lean_path(notify: World):
+    def request(key: str) -> HttpRequest:
+        return RequestFactory().post(
+            "/v1/events",
+            json.dumps(item(key)),
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {notify['operator'].token}"},
+        )
+
+    answer = _lean_post(request("len"))
+    assert answer is not None and answer.status_code == 202
+    chunked = request("chunked")
+    del chunked.META["CONTENT_LENGTH"]  # the full path reads it, and refuses it if too large
+    assert _lean_post(chunked) is None
+    assert not Event.objects.filter(idempotency_key="chunked").exists()

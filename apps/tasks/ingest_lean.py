@@ -34,7 +34,7 @@ LEAN_FIELDS = frozenset(
 # Bodies the full path takes without parsing them here (a payload naming one of these only
 # costs the full path).
 _FULL_PATH_MARKERS = (b'"events"', b'"rows"', b'"files"')
-_LEAN_BODY_BYTES = 64 * 1024
+LEAN_BODY_BYTES = 64 * 1024
 
 # `token`: one row when the token is usable (as `api_token_authenticate`, and touched within
 # the interval) and its user may post events in its org (a superuser, or the org permission
@@ -83,7 +83,7 @@ def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.
     """The id of the event created from `body`, or None: take the full path."""
     if not deferred() or connection.vendor != "postgresql" or connection.in_atomic_block:
         return None
-    if len(body) > _LEAN_BODY_BYTES or any(marker in body for marker in _FULL_PATH_MARKERS):
+    if len(body) > LEAN_BODY_BYTES or any(marker in body for marker in _FULL_PATH_MARKERS):
         return None  # a batch, rows or files: not parsed twice
     try:
         item = json.loads(body)

@@ -32,7 +32,7 @@ from apps.orgs.api import paginate, paginated, request_org
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.tasks import selectors, services
 from apps.tasks.ingest import dataset_invalidate, events_ingest
-from apps.tasks.ingest_lean import single_event_ingest
+from apps.tasks.ingest_lean import LEAN_BODY_BYTES, single_event_ingest
 from apps.tasks.models import Event, Mode, Task, TaskState
 from apps.tasks.serializers import EventOutput, IngestOutput, TaskDetailOutput, TaskOutput
 
@@ -73,6 +73,9 @@ def _lean_post(request: HttpRequest) -> HttpResponse | None:
     scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme != "Bearer" or not token:
         return None
+    length = request.META.get("CONTENT_LENGTH") or ""
+    if not (length.isdigit() and 0 < int(length) <= LEAN_BODY_BYTES):
+        return None  # chunked or large: read (and refused when too large) by the full path
     event_id = single_event_ingest(token, request.body, settings.SLUICE_TOKEN_TOUCH_INTERVAL_S)
     if event_id is None:
         return None
