@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.http import HttpRequest
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -17,7 +18,7 @@ from apps.orgs import services
 from apps.orgs.models import Org, User
 
 
-def bearer_value(request: Request) -> str | None:
+def bearer_value(request: HttpRequest | Request) -> str | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if not header:
         return None

@@ -14,6 +14,7 @@ from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,6 +30,7 @@ from apps.datasets.parsers import (
     ParquetParser,
 )
 from apps.orgs.api import paginate, paginated, request_org
+from apps.orgs.authentication import bearer_value
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.tasks import selectors, services
 from apps.tasks.ingest import dataset_invalidate, events_ingest
@@ -70,8 +72,11 @@ def _lean_post(request: HttpRequest) -> HttpResponse | None:
         return None
     if request.META.get("HTTP_ACCEPT", "*/*") not in ("*/*", "application/json"):
         return None  # DRF negotiates anything else (the browsable API)
-    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme != "Bearer" or not token:
+    try:
+        token = bearer_value(request)
+    except AuthenticationFailed:  # malformed: the full path says so
+        return None
+    if token is None:
         return None
     length = request.META.get("CONTENT_LENGTH") or ""
     if not (length.isdigit() and 0 < int(length) <= LEAN_BODY_BYTES):
