@@ -11,7 +11,6 @@ from typing import Any
 import pyarrow as pa
 from django.utils import timezone
 
-from apps.dags.models import VersionState
 from apps.datasets.models import Dataset
 from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
@@ -53,12 +52,15 @@ class Ingested:
 
 
 # Written out: every POST runs it, and building it with the ORM (a correlated EXISTS across
-# four tables) took longer than running it.
-_SOURCE_DATASETS = (
-    "SELECT d.* FROM datasets d WHERE d.org_id = %s AND d.dataset_id IN ({ids}) AND EXISTS ("
-    "SELECT 1 FROM dag_nodes n JOIN dag_versions v ON v.id = n.version_id "
-    "JOIN dags g ON g.id = v.dag_id WHERE g.org_id = d.org_id AND v.state = %s "
+# four tables) took longer than running it. True when a source node of an active version
+# produces the dataset aliased `d` (also part of the lean POST's statement).
+SOURCE_NODE_EXISTS = (
+    "EXISTS (SELECT 1 FROM dag_nodes n JOIN dag_versions v ON v.id = n.version_id "
+    "JOIN dags g ON g.id = v.dag_id WHERE g.org_id = d.org_id AND v.state = 'active' "
     "AND n.kind = 'source' AND n.output_dataset = d.dataset_id)"
+)
+_SOURCE_DATASETS = (
+    "SELECT d.* FROM datasets d WHERE d.org_id = %s AND d.dataset_id IN ({ids}) AND {exists}"
 )
 
 
@@ -67,8 +69,8 @@ def source_datasets(org: Org, dataset_ids: set[str]) -> dict[str, Dataset]:
     if not dataset_ids:
         return {}
     ids = sorted(dataset_ids)
-    sql = _SOURCE_DATASETS.format(ids=", ".join(["%s"] * len(ids)))
-    rows = Dataset.objects.raw(sql, [org.pk, *ids, VersionState.ACTIVE])
+    sql = _SOURCE_DATASETS.format(ids=", ".join(["%s"] * len(ids)), exists=SOURCE_NODE_EXISTS)
+    rows = Dataset.objects.raw(sql, [org.pk, *ids])
     return {d.dataset_id: d for d in rows}
 
 

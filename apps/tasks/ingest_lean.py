@@ -24,6 +24,7 @@ from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.orgs.errors import ValidationFailed
 from apps.orgs.services import hash_secret
 from apps.tasks.fanout import deferred
+from apps.tasks.ingest import SOURCE_NODE_EXISTS
 from apps.tasks.models import Mode
 from apps.tasks.triggers import CHANNEL
 
@@ -43,7 +44,7 @@ LEAN_BODY_BYTES = 64 * 1024
 # range type the caller canonicalized the range for; its NOTIFY goes out with the commit.
 # Constants are literals, not parameters: a prepared statement's generic plan can then still
 # use the partial indexes whose predicates name them.
-_INGEST = """
+_INGEST_TEMPLATE = """
 WITH token AS (
     SELECT t.org_id FROM api_tokens t JOIN users u ON u.id = t.user_id
     WHERE t.key_hash = %(key_hash)s AND t.revoked_at IS NULL
@@ -57,10 +58,8 @@ WITH token AS (
           AND c.model = 'org' AND p.object_pk = t.org_id::text))
 ), source AS (
     SELECT t.org_id, d.range_type FROM token t
-    LEFT JOIN datasets d ON d.org_id = t.org_id AND d.dataset_id = %(dataset)s AND EXISTS (
-        SELECT 1 FROM dag_nodes n JOIN dag_versions v ON v.id = n.version_id
-        JOIN dags g ON g.id = v.dag_id WHERE g.org_id = d.org_id AND v.state = 'active'
-          AND n.kind = 'source' AND n.output_dataset = d.dataset_id)
+    LEFT JOIN datasets d ON d.org_id = t.org_id AND d.dataset_id = %(dataset)s
+        AND {source_node_exists}
 ), inserted AS (
     INSERT INTO events (id, org_id, dataset_id, kind, mode, idempotency_key, range_start,
         range_end, event_time, payload, depth, created_at)
@@ -72,6 +71,7 @@ WITH token AS (
 SELECT s.range_type, (SELECT pg_notify(%(channel)s, '') IS NOT NULL FROM inserted)
 FROM source s
 """
+_INGEST = _INGEST_TEMPLATE.format(source_node_exists=SOURCE_NODE_EXISTS)
 
 # The range type last seen per (token, dataset), to canonicalize the range before the one
 # statement; a wrong guess (the dataset was redeployed) costs a second statement.

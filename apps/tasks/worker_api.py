@@ -195,8 +195,7 @@ def task_fetch(
             heartbeat_at=timezone.now(),
         )
         # Only while leased, only the org secrets the node names; each hand-out is audited.
-        names = node.get("secrets") or []
-        handed = secrets_service.handout(task.org, names, task.pk) if names else {}
+        handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
         body = _lease_body(task, node, handed)
     return body
 
@@ -273,8 +272,7 @@ def task_fetch_many(
             outputs = _output_datasets(leasable)
             for task in leasable:
                 node = _node(task)
-                names = node.get("secrets") or []
-                handed = secrets_service.handout(task.org, names, task.pk) if names else {}
+                handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
                 dataset = outputs.get((task.org_id, (node.get("output") or {}).get("dataset")))
                 results[wanted[task.pk][0]] = _lease_body(task, node, handed, dataset)
     return [results[index] for index in range(len(items))]
