@@ -152,6 +152,26 @@ def main() -> None:
         )
 
     measure("task_complete(), 1 task (emits 1 event, fans out)", complete, len(leases), table)
+    batches = [[t.as_message() for c in claim(batch=100) for t in c.tasks] for _ in range(10)]
+    fetched: list[list[dict[str, Any]]] = []
+    measure(
+        "task_fetch_many(), 100 tasks",
+        lambda i: fetched.append(worker_api.task_fetch_many(pool, batches[i], "w")),
+        len(batches),
+        table,
+    )
+    measure(
+        "task_complete_many(), 100 tasks (100 events, fanned out)",
+        lambda i: worker_api.task_complete_many(
+            pool,
+            [
+                {"lease_token": lease["lease"]["token"], "outputs": [], "logs": ""}
+                for lease in fetched[i]
+            ],
+        ),
+        len(fetched),
+        table,
+    )
     measure("reap_once(), idle", lambda i: reap_once(), 50, table)
     console.print(table)
 

@@ -405,6 +405,23 @@ def test_pacing_sends_a_busy_lane_larger_messages(world, chain, settings):
     assert (lane.pending, lane.in_flight) == (2, lane.cap)
 
 
+def test_pacing_serves_a_full_batch_however_much_is_in_flight(world, chain, settings):
+    """A lane with more in flight than a batch holds is served once a full batch waits."""
+
+    def op1_sizes(batch: int) -> list[int]:
+        return [len(c.tasks) for c in dispatch.claim(batch=batch) if c.node_id == "op1"]
+
+    settings.SLUICE_DISPATCH_PACING = False
+    for key in ("b1", "b2", "b3"):
+        post_event(world, key=key)
+    assert op1_sizes(batch=100) == [3]
+    settings.SLUICE_DISPATCH_PACING = True
+    post_event(world, key="b4")
+    assert op1_sizes(batch=2) == []  # 1 pending < min(3 in flight, batch 2)
+    post_event(world, key="b5")
+    assert op1_sizes(batch=2) == [2]  # a full batch, though 3 are in flight
+
+
 def test_the_fan_out_insert_covers_the_task_model():
     """The COPY of fan-out (PostgreSQL) names every column that cannot start
     NULL, and nothing the model lacks: a new field on Task fails here, not in production."""

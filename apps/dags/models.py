@@ -110,21 +110,28 @@ class DagVersion(models.Model):
         """`node_map()`, parsed once per process and version, also for a version loaded without
         its config (`defer("config")`): the hot paths read one node of a whole DAG's config.
         Keyed by id and content hash (SQLite may reuse an id); treat the result as read-only."""
-        key = (self.pk, self.config_hash)
-        nodes = _NODE_MAPS.get(key)
-        if nodes is None:
-            if "config" in self.get_deferred_fields():
-                config = DagVersion.objects.values_list("config", flat=True).get(pk=self.pk)
-            else:
-                config = self.config
-            if len(_NODE_MAPS) >= _NODE_MAPS_SIZE:
-                _NODE_MAPS.clear()
-            nodes = _NODE_MAPS[key] = {node["id"]: node for node in config["nodes"]}
-        return nodes
+        config = None if "config" in self.get_deferred_fields() else self.config
+        return node_map_of(self.pk, self.config_hash, config)
 
 
 _NODE_MAPS: dict[tuple[int, str], dict[str, dict[str, Any]]] = {}
 _NODE_MAPS_SIZE = 1024
+
+
+def node_map_of(
+    version_id: int, config_hash: str, config: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The node map of a version known by id and content hash, parsed once per process: the
+    config is read (unless given) only the first time. Treat the result as read-only."""
+    key = (version_id, config_hash)
+    nodes = _NODE_MAPS.get(key)
+    if nodes is None:
+        if config is None:
+            config = DagVersion.objects.values_list("config", flat=True).get(pk=version_id)
+        if len(_NODE_MAPS) >= _NODE_MAPS_SIZE:
+            _NODE_MAPS.clear()
+        nodes = _NODE_MAPS[key] = {node["id"]: node for node in config["nodes"]}
+    return nodes
 
 
 class DagNode(models.Model):

@@ -14,11 +14,10 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import F, Q, Value
-from django.db.models.functions import Least
+from django.db import connection
 from django.utils import timezone
 
-from apps.dags.models import DagVersion
+from apps.dags.models import DagVersion, node_map_of
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
@@ -35,67 +34,83 @@ class Claim:
     version_id: int
     node_id: str
     runtime: str
+    config_hash: str
     tasks: list[Dispatched] = field(default_factory=list)
+
+
+# The lane query, written out (the ORM spent longer building it than PostgreSQL running it):
+# runnable lanes (the generated column), live before backfill, least recently served first,
+# each with its room under the cap and its version's content hash (to find its node map).
+_LANES = (
+    "SELECT l.id, l.dag_version_id, l.node_id, l.lane, l.runtime, l.cap - l.in_flight, "  # noqa: S608
+    f"v.config_hash FROM {NodeLane._meta.db_table} l "
+    f"JOIN {DagVersion._meta.db_table} v ON v.id = l.dag_version_id WHERE l.runnable {{paced}}"
+    "ORDER BY l.priority, l.dispatched_at, l.id LIMIT %s"
+)
+# Pacing: a lane with tasks in flight waits until as many are pending as are in flight (or a
+# full batch, or all its room): pending >= LEAST(in_flight, batch, room), spelled out so that
+# SQLite runs it too. An idle lane is served at once; a busy one sends ever larger messages
+# instead of one message per task, so a backlog waits in `pending`, where it can still be
+# batched, and not in the queue one task per message. Completions wake the loops, so a
+# waiting lane is looked at again as soon as its workers finish something.
+_PACED = (
+    "AND (l.in_flight = 0 OR l.pending >= l.in_flight OR l.pending >= %s "
+    "OR l.pending >= l.cap - l.in_flight) "
+)
+_SERVED = f"UPDATE {NodeLane._meta.db_table} SET dispatched_at = %s WHERE id IN ({{ids}})"  # noqa: S608
+
+
+def _runnable_lanes(lanes_per_tick: int, batch: int) -> list[tuple]:
+    """Lock up to `lanes_per_tick` runnable lanes (SKIP LOCKED: other dispatchers take others)."""
+    paced = settings.SLUICE_DISPATCH_PACING
+    sql = _LANES.format(paced=_PACED if paced else "")
+    if connection.features.has_select_for_update_skip_locked:
+        sql += " FOR UPDATE OF l SKIP LOCKED"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [batch, lanes_per_tick] if paced else [lanes_per_tick])
+        return cursor.fetchall()
 
 
 def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH) -> list[Claim]:
     """One claiming transaction. Returns what to send once it has committed."""
     claims: list[Claim] = []
     with counted_atomic():
-        lanes = NodeLane.objects.select_for_update(skip_locked=True, of=("self",)).filter(
-            runnable=True
-        )
-        if settings.SLUICE_DISPATCH_PACING:
-            lanes = lanes.filter(_ready_for_a_message(batch))
-        lanes = lanes.order_by("priority", "dispatched_at", "id")[:lanes_per_tick]
-        for lane in lanes:
-            room = min(batch, lane.cap - lane.in_flight)
-            tasks = lifecycle.task_claim_pending(lane.dag_version_id, lane.node_id, lane.lane, room)
-            NodeLane.objects.filter(pk=lane.pk).update(dispatched_at=timezone.now())
-            if not tasks:
-                continue
-            claim_ = Claim(lane.dag_version_id, lane.node_id, lane.runtime)
-            claim_.tasks = [
-                Dispatched(task.id, task.attempt + 1, dispatch_token(task.id, task.dispatch_count))
-                for task in tasks
-            ]
-            claims.append(claim_)
+        lanes = _runnable_lanes(lanes_per_tick, batch)
+        for _, version_id, node_id, lane, runtime, room, config_hash in lanes:
+            tasks = lifecycle.task_claim_pending(version_id, node_id, lane, min(batch, room))
+            if tasks:
+                claim_ = Claim(version_id, node_id, runtime, config_hash)
+                claim_.tasks = [
+                    Dispatched(t.id, t.attempt + 1, dispatch_token(t.id, t.dispatch_count))
+                    for t in tasks
+                ]
+                claims.append(claim_)
+        if lanes:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _SERVED.format(ids=", ".join(["%s"] * len(lanes))),
+                    [connection.ops.adapt_datetimefield_value(timezone.now())]
+                    + [row[0] for row in lanes],
+                )
     return claims
-
-
-def _ready_for_a_message(batch: int) -> Q:
-    """Pacing: a lane with tasks in flight waits until as many are pending as are in flight
-    (or a full batch, or all its room). An idle lane is served at once; a busy one sends ever
-    larger messages instead of one message per task, so a backlog waits in `pending`, where
-    it can still be batched, and not in the queue one task per message. Completions wake the
-    loops, so a waiting lane is looked at again as soon as its workers finish something."""
-    wanted = Least(F("in_flight"), Value(batch), F("cap") - F("in_flight"))
-    return Q(in_flight=0) | Q(pending__gte=wanted)
 
 
 def send(claims: list[Claim]) -> int:
     """Send claimed tasks to their runtimes (outside any transaction); return how many went."""
     sent = 0
-    nodes = _node_maps({c.version_id for c in claims})
     failed_ids: set = set()
     for claim_ in claims:
         adapter = runtimes.get(claim_.runtime)
-        node = nodes[claim_.version_id][claim_.node_id]
         if adapter is None:
             failed_ids |= {t.task_id for t in claim_.tasks}
             continue
+        node = node_map_of(claim_.version_id, claim_.config_hash)[claim_.node_id]
         failed = adapter.send(node, claim_.tasks)
         failed_ids |= failed
         sent += len(claim_.tasks) - len(failed)
     if failed_ids:
         requeue_failed_sends(failed_ids)
     return sent
-
-
-def _node_maps(version_ids: set[int]) -> dict[int, dict[str, dict]]:
-    """Node configs by version (each parsed once per process; see `cached_node_map`)."""
-    versions = DagVersion.objects.filter(pk__in=version_ids).defer("config", "diff")
-    return {version.pk: version.cached_node_map() for version in versions}
 
 
 def requeue_failed_sends(task_ids: set) -> None:

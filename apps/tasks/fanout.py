@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
+from apps.orgs.compiled import load_models
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import bump_lane, counted_atomic
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
@@ -215,10 +216,16 @@ def fan_out(events: list[Event], mark: bool = True) -> list[NewTask]:
         return []
     org_ids = {e.org_id for e in events}
     # The config is read only when a version's consumer index is not cached yet.
-    versions = list(
-        DagVersion.objects.filter(dag__org_id__in=org_ids, state__in=LIVE_VERSION_STATES)
-        .select_related("dag")
-        .defer("config", "diff")
+    org_list, states = sorted(org_ids), sorted(LIVE_VERSION_STATES)
+    versions = load_models(
+        ("fan_out_versions", len(org_list)),  # one placeholder per org
+        lambda: (
+            DagVersion.objects.filter(dag__org_id__in=org_list, state__any=states)
+            .select_related("dag")
+            .defer("config", "diff")
+            .order_by("pk")
+        ),
+        [*org_list, states],
     )
     tasks: list[NewTask] = []
     lanes: dict[int, set[tuple[str, str]]] = {}
@@ -301,12 +308,16 @@ def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
     with counted_atomic():
-        events = list(
-            Event.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("commit")  # memo keys name the commit's version
-            .only(*_FANNED_OUT_FIELDS)
-            .filter(fanned_out_at__isnull=True)
-            .order_by("created_at")[:limit]
+        events = load_models(
+            ("pending_events", limit),
+            lambda: (
+                Event.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("commit")  # memo keys name the commit's version
+                .only(*_FANNED_OUT_FIELDS)
+                .filter(fanned_out_at__isnull=True)
+                .order_by("created_at")[:limit]
+            ),
+            [],
         )
         fan_out(events)
     return len(events)

@@ -63,15 +63,24 @@ class _Ledgers(threading.local):
 _ledgers = _Ledgers()
 
 
+# Written out: every transaction that moves tasks ends with these, and building the same
+# `UPDATE` through the ORM cost more than running it.
+_BUMP_LANE = (
+    f"UPDATE {NodeLane._meta.db_table} SET pending = pending + %s, "  # noqa: S608
+    "in_flight = in_flight + %s WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
+)
+
+
 def _apply(deltas: dict[LaneKey, list[int]]) -> None:
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
-    for (version_id, node_id, lane), (pending, in_flight) in sorted(deltas.items()):
-        if pending or in_flight:
-            NodeLane.objects.filter(dag_version_id=version_id, node_id=node_id, lane=lane).update(
-                pending=F("pending") + pending, in_flight=F("in_flight") + in_flight
-            )
+    changed = [(key, delta) for key, delta in sorted(deltas.items()) if delta[0] or delta[1]]
+    if not changed:
+        return
+    with connection.cursor() as cursor:
+        for (version_id, node_id, lane), (pending, in_flight) in changed:
+            cursor.execute(_BUMP_LANE, [pending, in_flight, version_id, node_id, lane])
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.datasets.models import Commit, Dataset
@@ -22,6 +23,7 @@ from apps.datasets.services import CommitRequest, commits_record, inspect_output
 from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
 from apps.orgs.bulk import insert_all, update_each
+from apps.orgs.compiled import load_models
 from apps.orgs.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from apps.secrets import services as secrets_service
 from apps.tasks import lifecycle
@@ -60,17 +62,40 @@ def _may_act_for(principal: WorkerPrincipal, org_id: int) -> bool:
     return principal.org is None or principal.org.pk == org_id
 
 
-def _scoped_tasks(principal: WorkerPrincipal) -> Any:
-    tasks = Task.objects.all()
-    return tasks if principal.is_pool else tasks.filter(org=principal.org)
-
-
 # Read through `cached_node_map`, not with every task row.
 _UNREAD_VERSION_FIELDS = ("dag_version__config", "dag_version__diff")
 
 
 def _node(task: Task) -> dict[str, Any]:
     return task.dag_version.cached_node_map()[task.node_id]
+
+
+# What a lease or a completion reads with each task row.
+_TASK_RELATIONS = ("dag_version__dag", "event__commit__dataset")
+
+
+def _locked_tasks(ids: list[uuid.UUID], *relations: str, org_id: int | None) -> list[Task]:
+    """The tasks among `ids` (of `org_id`, unless None), locked in id order, with their
+    version, DAG, event, commit and dataset (and `relations`); one statement, compiled once
+    per connection."""
+
+    def build() -> QuerySet[Task]:
+        tasks = Task.objects.all() if org_id is None else Task.objects.filter(org_id=org_id)
+        return (
+            tasks.select_for_update(of=("self",))
+            .select_related(*_TASK_RELATIONS, *relations)
+            .defer(*_UNREAD_VERSION_FIELDS)
+            .filter(pk__any=ids)
+            .order_by("pk")
+        )
+
+    scope = [] if org_id is None else [org_id]
+    return load_models(("locked_tasks", org_id is None, relations), build, [*scope, ids])
+
+
+def _org_scope(principal: WorkerPrincipal) -> int | None:
+    """The org whose tasks a worker key may touch; None for the platform's pool key."""
+    return None if principal.org is None else principal.org.pk
 
 
 def _staging(dataset: Dataset, generation: int, task_id: uuid.UUID, attempt: int) -> str:
@@ -165,16 +190,10 @@ def task_fetch(
     except ValueError:
         raise ValidationFailed.field("task_id", "must be a UUID") from None
     with counted_atomic():
-        task = (
-            _scoped_tasks(principal)
-            .select_for_update(of=("self",))
-            .select_related("dag_version__dag", "event__commit__dataset")
-            .defer(*_UNREAD_VERSION_FIELDS)
-            .filter(pk=task_uuid)
-            .first()
-        )
-        if task is None:
+        found = _locked_tasks([task_uuid], org_id=_org_scope(principal))
+        if not found:
             raise NotFound(f"No task {task_id}.")
+        task = found[0]
         if task.state != TaskState.QUEUED or not secrets.compare_digest(
             token or "", dispatch_token(task.pk, task.dispatch_count)
         ):
@@ -225,13 +244,7 @@ def task_fetch_many(
         wanted[task_uuid] = (index, str(item.get("dispatch_token") or ""))
     with counted_atomic():
         found = {
-            task.pk: task
-            for task in _scoped_tasks(principal)
-            .select_for_update(of=("self",))
-            .select_related("dag_version__dag", "event__commit__dataset")
-            .defer(*_UNREAD_VERSION_FIELDS)
-            .filter(pk__any=sorted(wanted))
-            .order_by("pk")
+            task.pk: task for task in _locked_tasks(sorted(wanted), org_id=_org_scope(principal))
         }
         leasable = []
         for task_uuid, (index, token) in wanted.items():
@@ -301,21 +314,26 @@ class LeasedAttempt:
 def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttempt:
     if not isinstance(lease_token, str) or not lease_token:
         raise ValidationFailed.field("lease_token", "required")
-    attempt = (
-        Attempt.objects.select_for_update(of=("self",))
-        .filter(lease_token=lease_token)
-        .select_related("task")
-        .first()
-    )
+    attempts = _locked_attempts([lease_token])
+    attempt = attempts[0] if attempts else None
     if attempt is None or not _may_act_for(principal, attempt.task.org_id):
         raise NotFound("No attempt holds this lease token.")
-    task = (
-        Task.objects.select_for_update(of=("self",))
-        .select_related("dag_version__dag", "event__commit__dataset")
-        .defer(*_UNREAD_VERSION_FIELDS)
-        .get(pk=attempt.task_id)
-    )
+    [task] = _locked_tasks([attempt.task_id], org_id=None)  # its org was checked above
     return LeasedAttempt(attempt, task)
+
+
+def _locked_attempts(lease_tokens: list[str]) -> list[Attempt]:
+    """The attempts holding these lease tokens (with their task rows), locked in id order."""
+    return load_models(
+        "locked_attempts",
+        lambda: (
+            Attempt.objects.select_for_update(of=("self",))
+            .select_related("task")
+            .filter(lease_token__any=lease_tokens)
+            .order_by("pk")
+        ),
+        [lease_tokens],
+    )
 
 
 def _require_live_lease(leased: LeasedAttempt) -> None:
@@ -643,20 +661,9 @@ def _complete_batch(principal: WorkerPrincipal, items: list[Any]) -> list[dict[s
                 del tokens[token]
                 results[index] = refusal(None, index, exc)
     with counted_atomic():
-        attempts = {
-            a.lease_token: a
-            for a in Attempt.objects.select_for_update(of=("self",))
-            .filter(lease_token__any=list(tokens))
-            .order_by("pk")
-        }
-        tasks = {
-            t.pk: t
-            for t in Task.objects.select_for_update(of=("self",))
-            .select_related("org", "dag_version__dag", "event__commit__dataset")
-            .defer(*_UNREAD_VERSION_FIELDS)
-            .filter(pk__any=sorted({a.task_id for a in attempts.values()}))
-            .order_by("pk")
-        }
+        attempts = {a.lease_token: a for a in _locked_attempts(list(tokens))}
+        task_ids = sorted({a.task_id for a in attempts.values()})
+        tasks = {t.pk: t for t in _locked_tasks(task_ids, "org", org_id=None)}
         done: list[_Completion] = []
         for token, index in tokens.items():
             item = items[index]
