@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import models
 from django.utils import timezone
 
 from apps.orgs.bulk import insert_all, insert_new, update_each
@@ -114,3 +115,36 @@ def test_insert_all_numbers_the_rows_in_order_as_bulk_create_does(world: World):
         assert stored.started_at is not None and stored.metrics == {} and stored.error is None
     assert sorted(a.pk for a in attempts) == [a.pk for a in attempts]
     insert_all(Attempt, [])
+
+
+def test_plain_columns_are_the_values_the_fields_would_prepare(world: World):
+    """Inserts take str, int, UUID and aware datetime attributes as they are; anything else
+    (JSON, a naive datetime, a value of another type) goes through the field."""
+    from django.db import connection
+
+    from apps.orgs.bulk import _column
+
+    deploy(world.acme, chain_config(nodes=1))
+    events_ingest(world.acme, {"dataset": "chain.src", "idempotency_key": "p"})
+    task = Task.objects.get()
+    attempts = [
+        Attempt(task=task, number=n, worker_id="w", lease_token=f"t{n}", heartbeat_at=now)
+        for n, now in enumerate([timezone.now(), None])
+    ]
+    events = list(Event.objects.all())
+    for model, objs in ((Attempt, attempts), (Event, events), (Task, [task])):
+        for field in model._meta.concrete_fields:
+            prepared = [field.get_db_prep_save(field.pre_save(o, True), connection) for o in objs]
+            column = _column(field, objs)
+            if isinstance(field, models.JSONField):
+                assert [getattr(v, "obj", v) for v in column] == [
+                    getattr(v, "obj", v) for v in prepared
+                ]
+            else:
+                assert column == prepared, field.name
+
+    naive = Attempt(task=task, number=9, lease_token="n", started_at=dt.datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.warns(RuntimeWarning):  # the field's own check still runs
+        _column(Attempt._meta.get_field("started_at"), [naive])
+    odd = Attempt(task=task, number="7", lease_token="o")  # a str where an int belongs
+    assert _column(Attempt._meta.get_field("number"), [odd]) == [7]
