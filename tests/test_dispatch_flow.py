@@ -98,7 +98,15 @@ def test_wrong_token_and_other_org_key(world: World, chain, recorder: RecordingA
     assert fetch(chain, forged).status_code == 409
     _, other_key = org_services.worker_key_issue(org=world.globex, name="g")
     assert fetch(worker_client(other_key), message).status_code == 404
-    assert fetch(chain, message).status_code == 200
+    lease = fetch(chain, message).json()
+    # Another org's key holding the lease token still finds no such lease.
+    other = worker_client(other_key)
+    token = {"lease_token": lease["lease"]["token"]}
+    for path in ("/internal/task-heartbeat", "/internal/task-complete", "/internal/task-fail"):
+        answer = other.post(path, token, format="json")
+        assert answer.status_code == 404, path
+        assert answer.json()["code"] == "not_found"
+    assert complete(chain, lease).status_code == 200
 
 
 def test_complete_twice_gives_one_commit(world: World, chain, recorder: RecordingAdapter):

@@ -315,20 +315,20 @@ def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttem
     if not isinstance(lease_token, str) or not lease_token:
         raise ValidationFailed.field("lease_token", "required")
     attempts = _locked_attempts([lease_token])
-    attempt = attempts[0] if attempts else None
-    if attempt is None or not _may_act_for(principal, attempt.task.org_id):
+    tasks = _locked_tasks([attempts[0].task_id], org_id=_org_scope(principal)) if attempts else []
+    if not tasks:  # no such lease, or another org's
         raise NotFound("No attempt holds this lease token.")
-    [task] = _locked_tasks([attempt.task_id], org_id=None)  # its org was checked above
+    attempt, task = attempts[0], tasks[0]
+    attempt.task = task
     return LeasedAttempt(attempt, task)
 
 
 def _locked_attempts(lease_tokens: list[str]) -> list[Attempt]:
-    """The attempts holding these lease tokens (with their task rows), locked in id order."""
+    """The attempts holding these lease tokens, locked in id order."""
     return load_models(
         "locked_attempts",
         lambda: (
             Attempt.objects.select_for_update(of=("self",))
-            .select_related("task")
             .filter(lease_token__any=lease_tokens)
             .order_by("pk")
         ),
