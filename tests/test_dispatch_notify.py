@@ -175,3 +175,37 @@ def test_an_idle_dispatcher_loop_wakes_on_ingest(notify, world: World, tmp_path)
         loop.wait(timeout=30)
         log.close()
         redis.Redis.from_url(BROKER).flushdb()
+
+
+def test_a_lease_and_its_completion_run_a_fixed_set_of_statements(
+    notify, world: World, recorder: RecordingAdapter, django_assert_num_queries
+):
+    """The one-task-per-call path, statement by statement: the task rows come with their
+    version, DAG, event, commit, dataset (and org) in one statement; a completion that names
+    no outputs checks no files before its lock; nothing is loaded lazily."""
+    from apps.orgs.authentication import WorkerPrincipal
+    from apps.tasks import worker_api
+
+    deploy(world.acme, chain_config(nodes=1))
+    post_event(world, "s1")
+    post_event(world, "s2")
+    assert fanout.fan_out_pending_events() == 2
+    assert dispatch.dispatch_once() == 2
+    first, message = recorder.take("op1")
+    principal = WorkerPrincipal(org=world.acme, key_id=None)
+    # The first commit of a dataset also creates its generation's row; count the second.
+    lease = worker_api.task_fetch(principal, first["task_id"], first["dispatch_token"], "w1")
+    worker_api.task_complete(principal, {"lease_token": lease["lease"]["token"]})
+    # BEGIN; the task and its relations; the move to running; the attempt; the output
+    # dataset; COMMIT.
+    with django_assert_num_queries(6):
+        lease = worker_api.task_fetch(
+            principal, message["task_id"], message["dispatch_token"], "w1"
+        )
+    # BEGIN; the attempt; the task and its relations; the output dataset; its seq; the
+    # commit; the event; the task's and the attempt's moves; the lane counter; COMMIT; NOTIFY.
+    with django_assert_num_queries(12):
+        answer = worker_api.task_complete(
+            principal, {"lease_token": lease["lease"]["token"], "logs": ""}
+        )
+    assert answer["state"] == "succeeded"

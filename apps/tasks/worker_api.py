@@ -19,7 +19,12 @@ from django.utils import timezone
 
 from apps.datasets.models import Commit, Dataset
 from apps.datasets.ranges import canonical_range
-from apps.datasets.services import CommitRequest, commits_record, inspect_outputs
+from apps.datasets.services import (
+    CommitRequest,
+    commits_record,
+    datasets_named,
+    inspect_outputs,
+)
 from apps.datasets.storage import FileFacts, generation_prefix
 from apps.orgs.authentication import WorkerPrincipal
 from apps.orgs.bulk import insert_all, update_each
@@ -215,7 +220,8 @@ def task_fetch(
         )
         # Only while leased, only the org secrets the node names; each hand-out is audited.
         handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
-        body = _lease_body(task, node, handed)
+        output = (node.get("output") or {}).get("dataset")
+        body = _lease_body(task, node, handed, _output_datasets([task]).get((task.org_id, output)))
     return body
 
 
@@ -301,7 +307,7 @@ def _output_datasets(tasks: list[Task]) -> dict[tuple[int, str | None], Dataset]
     return {
         (dataset.org_id, dataset.dataset_id): dataset
         for org_id, ids in wanted.items()
-        for dataset in Dataset.objects.filter(org_id=org_id, dataset_id__in=ids)
+        for dataset in datasets_named(org_id, sorted(ids))
     }
 
 
@@ -315,7 +321,8 @@ def _locked_attempt(principal: WorkerPrincipal, lease_token: str) -> LeasedAttem
     if not isinstance(lease_token, str) or not lease_token:
         raise ValidationFailed.field("lease_token", "required")
     attempts = _locked_attempts([lease_token])
-    tasks = _locked_tasks([attempts[0].task_id], org_id=_org_scope(principal)) if attempts else []
+    scope = _org_scope(principal)
+    tasks = _locked_tasks([attempts[0].task_id], "org", org_id=scope) if attempts else []
     if not tasks:  # no such lease, or another org's
         raise NotFound("No attempt holds this lease token.")
     attempt, task = attempts[0], tasks[0]
@@ -564,8 +571,12 @@ def _complete_answer(task: Task) -> dict[str, Any]:
 def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
     """Commit the attempt's output, succeed the task and emit one data event, atomically.
     The same call again answers the same; after expiry or cancel it is refused."""
-    facts = _checked_files(
-        principal, body.get("lease_token"), "outputs[0].files", lambda node: body.get("outputs")
+    facts = (  # no outputs named (an operator that returned nothing): no files to check
+        _checked_files(
+            principal, body.get("lease_token"), "outputs[0].files", lambda node: body.get("outputs")
+        )
+        if body.get("outputs")
+        else []
     )
     with counted_atomic():
         leased = _locked_attempt(principal, body.get("lease_token", ""))
