@@ -119,6 +119,28 @@ def test_complete_twice_gives_one_commit(world: World, chain, recorder: Recordin
     assert Event.objects.filter(dataset_id="chain.op1").count() == 1
 
 
+def test_complete_refuses_outputs_that_are_not_a_list(world, chain, recorder):
+    """Missing or empty outputs are an operator that returned nothing; anything else that is
+    not a list is a 400 naming the field (a refusal in the batch form), and the task stays
+    running."""
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    token = lease["lease"]["token"]
+    for bad in ({}, "", 0, False, "part-0.parquet"):
+        body = {"lease_token": token, "outputs": bad}
+        answer = chain.post("/internal/task-complete", body, format="json")
+        assert answer.status_code == 400, bad
+        assert answer.json()["errors"][0]["path"] == "outputs"
+        batch = chain.post("/internal/task-complete", {"items": [body]}, format="json")
+        [refused] = batch.json()["results"]
+        assert refused["code"] == "validation_error", bad
+    assert Task.objects.get(node_id="op1").state == "running"
+    done = chain.post(
+        "/internal/task-complete", {"lease_token": token, "outputs": []}, format="json"
+    )
+    assert done.status_code == 200
+
+
 def test_operator_that_writes_nothing_makes_zero_row_commit(world, chain, recorder):
     post_event(world)
     lease = fetch(chain, recorder.take("op1")[0]).json()

@@ -396,6 +396,13 @@ def _range(task: Task, body: dict[str, Any], node: dict[str, Any]) -> tuple[str,
     return canonical_range(range_type, start, end)
 
 
+def _names_outputs(body: dict[str, Any]) -> bool:
+    """Whether a completion says anything of outputs: missing or empty is an operator that
+    returned nothing (no files to check); anything else is checked, and refused unless it is
+    a list of the node's output files."""
+    return body.get("outputs") not in (None, [])
+
+
 def _output_files(node: dict[str, Any], outputs: Any) -> list[dict[str, Any]]:
     """The files named for the node's output dataset (the platform only records them here)."""
     target = (node.get("output") or {}).get("dataset")
@@ -571,11 +578,11 @@ def _complete_answer(task: Task) -> dict[str, Any]:
 def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any]:
     """Commit the attempt's output, succeed the task and emit one data event, atomically.
     The same call again answers the same; after expiry or cancel it is refused."""
-    facts = (  # no outputs named (an operator that returned nothing): no files to check
+    facts = (
         _checked_files(
             principal, body.get("lease_token"), "outputs[0].files", lambda node: body.get("outputs")
         )
-        if body.get("outputs")
+        if _names_outputs(body)
         else []
     )
     with counted_atomic():
@@ -663,7 +670,7 @@ def _complete_batch(principal: WorkerPrincipal, items: list[Any]) -> list[dict[s
             later.append(index)
             continue
         tokens[token] = index
-        if item.get("outputs"):  # files are checked before any lock: footers are I/O
+        if _names_outputs(item):  # files are checked before any lock: footers are I/O
             try:
                 facts_of[index] = _checked_files(
                     principal, token, "outputs[0].files", _outputs_of(item)
