@@ -1,5 +1,6 @@
 """SQL queries and in-process time per call of the hot paths, one call at a time (no HTTP,
-no concurrency): where the time of one ingest, one claim tick, one fetch and one complete goes.
+no concurrency): where the time of one ingest, one claim tick, one fetch and one complete goes,
+and of a fetch and a complete of 100 tasks in their batch forms.
 
     .venv/bin/python bench/profile_calls.py [--calls N]
 
