@@ -257,21 +257,6 @@ def task_requeue_many(tasks: list[Task]) -> list[Task]:
     return move_many(tasks, S.PENDING, queued_at=None)
 
 
-def task_start(task: Task, *, lease_token: str, lease_ttl_s: float, timeout_s: float) -> Task:
-    """queued -> running: the worker's fetch took the lease of a new attempt."""
-    now = timezone.now()
-    return _move(
-        task,
-        S.RUNNING,
-        attempt=task.attempt + 1,
-        lease_token=lease_token,
-        lease_expires_at=now + dt.timedelta(seconds=lease_ttl_s),
-        deadline_at=now + dt.timedelta(seconds=timeout_s),
-        started_at=now,
-        error=None,
-    )
-
-
 def _ended(**fields: Any) -> dict[str, Any]:
     return {"lease_token": None, "lease_expires_at": None, "deadline_at": None, **fields}
 

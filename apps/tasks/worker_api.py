@@ -194,35 +194,10 @@ def task_fetch(
         task_uuid = uuid.UUID(str(task_id))
     except ValueError:
         raise ValidationFailed.field("task_id", "must be a UUID") from None
-    with counted_atomic():
-        found = _locked_tasks([task_uuid], org_id=_org_scope(principal))
-        if not found:
-            raise NotFound(f"No task {task_id}.")
-        task = found[0]
-        if task.state != TaskState.QUEUED or not secrets.compare_digest(
-            token or "", dispatch_token(task.pk, task.dispatch_count)
-        ):
-            raise NotLeasable(f"Task {task_id} is {task.state}; this dispatch cannot lease it.")
-        node = _node(task)
-        lease = secrets.token_urlsafe(32)
-        lifecycle.task_start(
-            task,
-            lease_token=lease,
-            lease_ttl_s=lease_ttl_s(),
-            timeout_s=float(node.get("timeout_s", 3600)),
-        )
-        Attempt.objects.create(
-            task=task,
-            number=task.attempt,
-            worker_id=worker_id[:200],
-            lease_token=lease,
-            heartbeat_at=timezone.now(),
-        )
-        # Only while leased, only the org secrets the node names; each hand-out is audited.
-        handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
-        output = (node.get("output") or {}).get("dataset")
-        body = _lease_body(task, node, handed, _output_datasets([task]).get((task.org_id, output)))
-    return body
+    outcome = _lease(principal, {task_uuid: token or ""}, worker_id)[task_uuid]
+    if isinstance(outcome, SluiceError):
+        raise outcome
+    return outcome
 
 
 def refusal(task_id: Any, index: int, error: SluiceError) -> dict[str, Any]:
@@ -248,53 +223,69 @@ def task_fetch_many(
             results[index] = refusal(task_id, index, NotLeasable("a repeat in this batch"))
             continue
         wanted[task_uuid] = (index, str(item.get("dispatch_token") or ""))
+    outcomes = _lease(principal, {task: token for task, (_, token) in wanted.items()}, worker_id)
+    for task_uuid, (index, _) in wanted.items():
+        outcome = outcomes[task_uuid]
+        if isinstance(outcome, SluiceError):
+            outcome = refusal(str(task_uuid), index, outcome)
+        results[index] = outcome
+    return [results[index] for index in range(len(items))]
+
+
+def _lease(
+    principal: WorkerPrincipal, tokens: dict[uuid.UUID, str], worker_id: str
+) -> dict[uuid.UUID, dict[str, Any] | SluiceError]:
+    """Lease every task of `tokens` (id -> dispatch token) that its dispatch may lease, in one
+    transaction with a handful of statements: its lease body, or why not."""
+    outcomes: dict[uuid.UUID, dict[str, Any] | SluiceError] = {}
     with counted_atomic():
         found = {
-            task.pk: task for task in _locked_tasks(sorted(wanted), org_id=_org_scope(principal))
+            task.pk: task for task in _locked_tasks(sorted(tokens), org_id=_org_scope(principal))
         }
         leasable = []
-        for task_uuid, (index, token) in wanted.items():
+        for task_uuid, token in tokens.items():
             task = found.get(task_uuid)
             if task is None:
-                results[index] = refusal(str(task_uuid), index, NotFound(f"No task {task_uuid}."))
+                outcomes[task_uuid] = NotFound(f"No task {task_uuid}.")
             elif task.state != TaskState.QUEUED or not secrets.compare_digest(
                 token, dispatch_token(task.pk, task.dispatch_count)
             ):
-                error = NotLeasable(
+                outcomes[task_uuid] = NotLeasable(
                     f"Task {task_uuid} is {task.state}; this dispatch cannot lease it."
                 )
-                results[index] = refusal(str(task_uuid), index, error)
             else:
                 leasable.append(task)
-        if leasable:
-            leases = {task.pk: secrets.token_urlsafe(32) for task in leasable}
-            lifecycle.task_start_many(
-                leasable,
-                leases=leases,
-                lease_ttl_s=lease_ttl_s(),
-                timeout_of=lambda task: float(_node(task).get("timeout_s", 3600)),
-            )
-            now = timezone.now()
-            insert_all(
-                Attempt,
-                [
-                    Attempt(
-                        task=task,
-                        number=task.attempt,
-                        worker_id=worker_id[:200],
-                        lease_token=leases[task.pk],
-                        heartbeat_at=now,
-                    )
-                    for task in leasable
-                ],
-            )
-            outputs = _output_datasets(leasable)
-            for task in leasable:
-                node = _node(task)
-                handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
-                dataset = outputs.get((task.org_id, (node.get("output") or {}).get("dataset")))
-                results[wanted[task.pk][0]] = _lease_body(task, node, handed, dataset)
-    return [results[index] for index in range(len(items))]
+        if not leasable:
+            return outcomes
+        leases = {task.pk: secrets.token_urlsafe(32) for task in leasable}
+        lifecycle.task_start_many(
+            leasable,
+            leases=leases,
+            lease_ttl_s=lease_ttl_s(),
+            timeout_of=lambda task: float(_node(task).get("timeout_s", 3600)),
+        )
+        now = timezone.now()
+        insert_all(
+            Attempt,
+            [
+                Attempt(
+                    task=task,
+                    number=task.attempt,
+                    worker_id=worker_id[:200],
+                    lease_token=leases[task.pk],
+                    heartbeat_at=now,
+                )
+                for task in leasable
+            ],
+        )
+        outputs = _output_datasets(leasable)
+        for task in leasable:
+            node = _node(task)
+            # Only while leased, only the org secrets the node names; each one is audited.
+            handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
+            dataset = outputs.get((task.org_id, (node.get("output") or {}).get("dataset")))
+            outcomes[task.pk] = _lease_body(task, node, handed, dataset)
+    return outcomes
 
 
 def _output_datasets(tasks: list[Task]) -> dict[tuple[int, str | None], Dataset]:
