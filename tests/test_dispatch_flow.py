@@ -7,12 +7,13 @@ import uuid
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from apps.datasets.models import Commit
 from apps.orgs import services as org_services
 from apps.tasks import dispatch, fanout, reaper
-from apps.tasks.models import Attempt, Event, NodeLane, Task
+from apps.tasks.models import Attempt, Event, NodeLane, Task, TaskInput
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, complete, deploy, fetch, worker_client, write_output
 
@@ -263,6 +264,18 @@ def test_cancel_pending_and_cap(world: World, recorder: RecordingAdapter):
     assert reaper.reconcile_lanes() == 0  # the counters match the tasks table
 
 
+def test_reconcile_repairs_drifted_counters(world: World, recorder: RecordingAdapter):
+    deploy(world.acme, chain_config(concurrency={"live": 2, "backfill": 1}))
+    for i in range(5):
+        post_event(world, key=f"e{i}")
+    assert len(recorder.take("op1")) == 2
+    NodeLane.objects.filter(node_id="op1", lane="live").update(pending=40, in_flight=0)
+    assert reaper.reconcile_lanes() == 1
+    lane = NodeLane.objects.get(node_id="op1", lane="live")
+    assert (lane.pending, lane.in_flight) == (3, 2)
+    assert reaper.reconcile_lanes() == 0
+
+
 def test_checkpoint_is_keyed_by_n(world, chain, recorder):
     post_event(world)
     lease = fetch(chain, recorder.take("op1")[0]).json()
@@ -500,3 +513,23 @@ def test_a_duplicate_fan_out_fails_loudly(world, chain):
     with pytest.raises(IntegrityError), transaction.atomic():
         fanout.insert_tasks([row])
     assert Task.objects.filter(node_id="op1").count() == 1
+
+
+def test_an_org_with_pipeline_rows_is_not_deleted(world: World, chain, recorder: RecordingAdapter):
+    """The keys of events, tasks, attempts and lineage have no database constraint
+    (ADR 0012); their parents are never deleted from under them: an org that has DAGs and
+    datasets is protected, and the attempt leaves every row as it was."""
+    post_event(world)
+    complete(chain, fetch(chain, recorder.take("op1")[0]).json())
+    op2 = fetch(chain, recorder.take("op2")[0]).json()
+    complete(chain, op2)
+
+    def counts() -> list[int]:
+        models = (Event, Task, Attempt, TaskInput, Commit, NodeLane)
+        return [model.objects.count() for model in models]
+
+    before = counts()
+    assert all(before)
+    with pytest.raises(ProtectedError):
+        world.acme.delete()
+    assert counts() == before

@@ -1,3 +1,13 @@
+"""Events, tasks, attempts, lineage and the dispatch counters.
+
+The keys that every task writes (an event's org, commit and producer; a task's org, version,
+event and output event; an attempt's task; an input's task and event) are Django relations
+without a database constraint (ADR 0012): each constraint cost a row lock on the parent
+(a WAL record and a dirtied page, the org and version rows locked by every insert) and a
+lookup, a third of the database's work on a task. Nothing deletes these parents but Django's
+own cascade, which follows the relations all the same.
+"""
+
 from __future__ import annotations
 
 import uuid
@@ -57,7 +67,9 @@ class Event(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Indexed by event_dataset_idx; the other keys below are mostly empty, so their indexes
     # are partial (or the unique constraint's): a source event writes into few indexes.
-    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="events", db_index=False)
+    org = models.ForeignKey(
+        Org, on_delete=models.CASCADE, related_name="events", db_index=False, db_constraint=False
+    )
     dataset_id = models.CharField(max_length=128)
     kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.DATA)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
@@ -73,6 +85,7 @@ class Event(models.Model):
         blank=True,
         related_name="events",
         db_index=False,
+        db_constraint=False,
     )
     producer_task = models.ForeignKey(
         "Task",
@@ -81,6 +94,7 @@ class Event(models.Model):
         blank=True,
         related_name="emitted_events",
         db_index=False,
+        db_constraint=False,
     )
     # Checkpoint number within the producing task (D7); 0 for the task's final event.
     checkpoint_n = models.PositiveIntegerField(null=True, blank=True)
@@ -138,14 +152,24 @@ class Task(models.Model):
     org_path: ClassVar[str] = "org"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # No single-column indexes on these two: task_org_recent_idx and the unique constraint
-    # start with them, and every index costs each state change a write (no HOT updates).
-    org = models.ForeignKey(Org, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    # Every index costs each state change a write (a state change is never a HOT update), so
+    # none of the keys has an index of its own: task_org_recent_idx starts with the org, the
+    # unique constraint with the event, and the claim index with the version. Nothing looks
+    # up all the tasks of a version but the cascade of deleting one.
+    org = models.ForeignKey(
+        Org, on_delete=models.CASCADE, related_name="tasks", db_index=False, db_constraint=False
+    )
     dag_version = models.ForeignKey(
-        DagVersion, on_delete=models.CASCADE, related_name="tasks", db_index=False
+        DagVersion,
+        on_delete=models.CASCADE,
+        related_name="tasks",
+        db_index=False,
+        db_constraint=False,
     )
     node_id = models.CharField(max_length=63)
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="tasks")
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="tasks", db_index=False, db_constraint=False
+    )
     state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING)
     lane = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
@@ -166,7 +190,13 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     output_event = models.ForeignKey(
-        Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+        Event,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     memo_key = models.CharField(max_length=64, blank=True, help_text="D9; empty: never memoized")
 
@@ -176,7 +206,7 @@ class Task(models.Model):
         db_table = "tasks"
         constraints = [
             models.UniqueConstraint(
-                fields=["dag_version", "node_id", "event"], name="task_one_per_node_event"
+                fields=["event", "dag_version", "node_id"], name="task_one_per_node_event"
             ),
             # A constraint rather than unique=True: no second, LIKE-only index on the token.
             models.UniqueConstraint(
@@ -203,7 +233,13 @@ class Task(models.Model):
             ),
             models.Index(fields=["queued_at"], condition=Q(state="queued"), name="task_queued_idx"),
             models.Index(fields=["org", "-created_at"], name="task_org_recent_idx"),
-            models.Index(fields=["org", "state", "-created_at"], name="task_org_state_idx"),
+            # Without the succeeded tasks, nearly all of them: completing a task writes no
+            # entry here, and a list of an org's succeeded tasks walks task_org_recent_idx.
+            models.Index(
+                fields=["org", "state", "-created_at"],
+                condition=~Q(state="succeeded"),
+                name="task_org_state_idx",
+            ),
             # Partial wherever the column is mostly empty: a state change then writes no
             # entry into these indexes.
             models.Index(
@@ -237,7 +273,7 @@ class Attempt(models.Model):
 
     # Indexed by the (task, number) constraint.
     task = models.ForeignKey(
-        Task, on_delete=models.CASCADE, related_name="attempts", db_index=False
+        Task, on_delete=models.CASCADE, related_name="attempts", db_index=False, db_constraint=False
     )
     number = models.PositiveIntegerField()
     worker_id = models.CharField(max_length=200, blank=True)
@@ -270,12 +306,16 @@ class TaskInput(models.Model):
 
     org_path: ClassVar[str] = "task__org"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="inputs")
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="inputs", db_constraint=False
+    )
     dataset_id = models.CharField(max_length=128)
     generation = models.PositiveIntegerField()
     seq_start = models.PositiveBigIntegerField()
     seq_end = models.PositiveBigIntegerField()
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="+", db_constraint=False
+    )
 
     objects = OrgScopedQuerySet.as_manager()
 

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from apps.dags.models import DagVersion
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import counted_atomic
-from apps.tasks.models import Attempt, AttemptOutcome, NodeLane, Task, TaskState
+from apps.tasks.models import IN_FLIGHT_STATES, Attempt, AttemptOutcome, NodeLane, Task, TaskState
 from apps.tasks.triggers import dispatch_after_commit
 
 DEFAULT_LIMIT = 10_000
@@ -155,20 +154,24 @@ def reconcile_lanes(limit: int = 1000) -> int:
         with counted_atomic():
             locked = (
                 NodeLane.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("dag_version__dag")
                 .filter(pk=lane.pk)
                 .first()
             )
             if locked is None:
                 continue
-            counts = Task.objects.filter(
-                dag_version_id=locked.dag_version_id,
-                node_id=locked.node_id,
-                lane=locked.lane,
-                state__in=[TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING],
-            ).aggregate(
-                pending=Count("id", filter=Q(state=TaskState.PENDING)),
-                in_flight=Count("id", filter=~Q(state=TaskState.PENDING)),
+            lane_tasks = Task.objects.filter(
+                dag_version_id=locked.dag_version_id, node_id=locked.node_id, lane=locked.lane
             )
+            # Two counts, each on its own index: pending tasks on the claim index, in-flight
+            # ones (few, under the caps) among the org's unfinished tasks.
+            counts = {
+                "pending": lane_tasks.filter(state=TaskState.PENDING).count(),
+                "in_flight": lane_tasks.filter(
+                    org_id=locked.dag_version.dag.org_id,
+                    state__in=IN_FLIGHT_STATES,
+                ).count(),
+            }
             if (counts["pending"], counts["in_flight"]) != (locked.pending, locked.in_flight):
                 NodeLane.objects.filter(pk=locked.pk).update(**counts)
                 fixed += 1
