@@ -94,7 +94,11 @@ class Commit(models.Model):
 
     org_path: ClassVar[str] = "dataset__org"
 
-    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="commits")
+    # Indexed by the (dataset, generation, seq) constraint: every task writes a commit, and
+    # a second index starting with the same column would only cost it a write.
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="commits", db_index=False
+    )
     generation = models.PositiveIntegerField()
     seq = models.PositiveBigIntegerField()
     range_start = models.CharField(max_length=64, blank=True)

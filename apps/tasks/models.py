@@ -179,7 +179,8 @@ class Task(models.Model):
     )
     max_attempts = models.PositiveIntegerField(default=3)
     dispatch_count = models.PositiveIntegerField(default=0)
-    # NULL when unleased: the unique constraint must let any number of tasks have no token.
+    # NULL when unleased. Not indexed: a token is looked up on its attempt, whose unique
+    # constraint also keeps two leases from sharing one (both are written together).
     lease_token = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True, help_text="Attempt timeout.")
@@ -207,12 +208,6 @@ class Task(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["event", "dag_version", "node_id"], name="task_one_per_node_event"
-            ),
-            # A constraint rather than unique=True: no second, LIKE-only index on the token.
-            models.UniqueConstraint(
-                fields=["lease_token"],
-                condition=Q(lease_token__isnull=False),
-                name="task_lease_token_unique",
             ),
         ]
         indexes = [
