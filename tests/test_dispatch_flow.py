@@ -264,6 +264,20 @@ def test_cancel_pending_and_cap(world: World, recorder: RecordingAdapter):
     assert reaper.reconcile_lanes() == 0  # the counters match the tasks table
 
 
+def test_an_idle_reaper_tick_is_one_statement(
+    world: World, chain, recorder: RecordingAdapter, django_assert_num_queries
+):
+    post_event(world)
+    lease = fetch(chain, recorder.take("op1")[0]).json()
+    with django_assert_num_queries(1):  # a queued and a running task, nothing due
+        assert reaper.reap_once().total == 0
+    Task.objects.filter(pk=lease["task"]["id"]).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    result = reaper.reap_once()
+    assert (result.expired, result.timed_out, result.requeued) == (1, 0, 0)
+
+
 def test_reconcile_repairs_drifted_counters(world: World, recorder: RecordingAdapter):
     deploy(world.acme, chain_config(concurrency={"live": 2, "backfill": 1}))
     for i in range(5):
