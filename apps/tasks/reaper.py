@@ -151,7 +151,8 @@ def _waiting_work(now: dt.datetime) -> list[bool]:
     parts: list[str] = []
     params: list[Any] = []
     for matching in (_expired(now), _timed_out(now), _backoff_over(now), _queued_too_long(now)):
-        sql, part_params = Task.objects.filter(matching).values("pk")[:1].query.sql_with_params()
+        probe = Task.objects.filter(matching).order_by().values("pk")[:1]
+        sql, part_params = probe.query.sql_with_params()
         parts.append(f"EXISTS({sql})")
         params.extend(part_params)
     with connection.cursor() as cursor:
