@@ -63,5 +63,5 @@ class Migration(migrations.Migration):
                 fields=("event", "dag_version", "node_id"), name="task_one_per_node_event"
             ),
         ),
-        migrations.RunPython(_attempts_fillfactor(80), _attempts_fillfactor(None)),
+        migrations.RunPython(_attempts_fillfactor(50), _attempts_fillfactor(None)),
     ]
