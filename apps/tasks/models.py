@@ -2,10 +2,10 @@
 
 The keys that every task writes (an event's org, commit and producer; a task's org, version,
 event and output event; an attempt's task; an input's task and event) are Django relations
-without a database constraint (ADR 0012): each constraint cost a row lock on the parent
-(a WAL record and a dirtied page, the org and version rows locked by every insert) and a
-lookup, a third of the database's work on a task. Nothing deletes these parents but Django's
-own cascade, which follows the relations all the same.
+without a database constraint (ADR 0012): each constraint costs every insert a lookup and a
+row lock on the parent (the org and version rows locked by every task), and 10,000 inserts
+with three of them took ten times as long as without. Nothing deletes these parents but
+Django's own cascade, which follows the relations all the same.
 """
 
 from __future__ import annotations
