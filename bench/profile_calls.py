@@ -1,6 +1,6 @@
-"""SQL queries and in-process time per call of the hot paths, one call at a time (no HTTP,
-no concurrency): where the time of one ingest, one claim tick, one fetch and one complete goes,
-and of a fetch and a complete of 100 tasks in their batch forms.
+"""SQL queries, in-process time and WAL written per call of the hot paths, one call at a time
+(no HTTP, no concurrency): where the time of one ingest, one claim tick, one fetch and one
+complete goes, and of a fetch and a complete of 100 tasks in their batch forms.
 
     .venv/bin/python bench/profile_calls.py [--calls N]
 
@@ -35,6 +35,7 @@ from bench.dispatch import (
     install_recording_send,
     recreate_database,
     setup_org,
+    wal_position,
 )
 
 console = Console()
@@ -55,6 +56,7 @@ def measure(label: str, call: Callable[[int], object], calls: int, table: Table)
     times = []
     counts: list[int] = []
     kinds: Counter[str] = Counter()
+    wal_before = wal_position()
     for i in range(calls):
         captured = Captured()
         with connection.execute_wrapper(captured):
@@ -63,6 +65,7 @@ def measure(label: str, call: Callable[[int], object], calls: int, table: Table)
             times.append(time.perf_counter() - start)
         counts.append(len(captured.queries))
         kinds.update(q.split()[0].upper() for q in captured.queries)
+    wal_per_call = (wal_position() - wal_before) / calls
     per_call = {k: v / calls for k, v in kinds.most_common()}
     table.add_row(
         label,
@@ -70,6 +73,7 @@ def measure(label: str, call: Callable[[int], object], calls: int, table: Table)
         ", ".join(f"{k} {v:.1f}" for k, v in per_call.items()),
         f"{percentile(times, 50) * 1000:.2f}",
         f"{percentile(times, 99) * 1000:.2f}",
+        f"{wal_per_call:,.0f}",
     )
 
 
@@ -110,7 +114,7 @@ def main() -> None:
     version = deploy(setup.org, "chain")
     install_recording_send()
     table = Table(title=f"per call, {args.calls} sequential calls, in-process")
-    for column in ("call", "queries", "by kind", "p50 ms", "p99 ms"):
+    for column in ("call", "queries", "by kind", "p50 ms", "p99 ms", "WAL bytes"):
         table.add_column(column)
 
     measure(
