@@ -12,6 +12,8 @@ from types import FrameType
 
 from django.db import DatabaseError, close_old_connections, connection
 
+from apps.orgs.heap import settle_heap
+
 logger = logging.getLogger(__name__)
 
 IDLE_SLICE_S = 0.5
@@ -36,6 +38,7 @@ def run_loop(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    settle_heap()
     while not stopping.is_set():
         close_old_connections()
         try:
