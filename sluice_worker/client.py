@@ -111,6 +111,9 @@ class WorkerClient:
             "POST", "/internal/task-complete", {"items": items}
         )
 
+    def complete_one(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/internal/task-complete", body)  # type: ignore[no-any-return]
+
     def fail(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return self.request(  # type: ignore[no-any-return]
             "POST", "/internal/task-fail", {"items": items}

@@ -280,6 +280,19 @@ def run_lease(
         return "fail", _fail_body(ctx, exc, retryable=True)
 
 
+def _complete(client: WorkerClient, completes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each completion's answer: one task in the single form (the server's leanest path),
+    more in the batch form."""
+    if len(completes) > 1:
+        return client.complete(completes)["results"]  # type: ignore[no-any-return]
+    try:
+        return [client.complete_one(completes[0])]
+    except ApiError as exc:
+        if exc.status in (404, 409):  # the lease was lost or the task canceled meanwhile
+            return [{"code": exc.code}]
+        raise
+
+
 def run_message(
     message: dict[str, Any],
     client: WorkerClient,
@@ -326,7 +339,7 @@ def run_message(
                 counts["stopped"] += 1
                 heartbeat.forget(ctx)
         if completes:
-            results = client.complete(completes)["results"]
+            results = _complete(client, completes)
             counts["completed"] = sum(1 for r in results if r.get("state") == "succeeded")
             counts["stopped"] += sum(1 for r in results if "code" in r)
         if fails:

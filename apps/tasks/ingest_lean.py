@@ -15,16 +15,14 @@ import json
 import uuid
 from typing import Any
 
-import psycopg
-from django.db import connection
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.orgs.errors import ValidationFailed
 from apps.orgs.services import hash_secret
-from apps.tasks.fanout import deferred
 from apps.tasks.ingest import SOURCE_NODE_EXISTS
+from apps.tasks.lean import LEAN_BODY_BYTES, lean_possible, run_statement
 from apps.tasks.models import Mode
 from apps.tasks.triggers import CHANNEL
 
@@ -35,7 +33,6 @@ LEAN_FIELDS = frozenset(
 # Bodies the full path takes without parsing them here (a payload naming one of these only
 # costs the full path).
 _FULL_PATH_MARKERS = (b'"events"', b'"rows"', b'"files"')
-LEAN_BODY_BYTES = 64 * 1024
 
 # `token`: one row when the token is usable (as `api_token_authenticate`, and touched within
 # the interval) and its user may post events in its org (a superuser, or the org permission
@@ -81,7 +78,7 @@ _RANGE_TYPES_KEPT = 10_000
 
 def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.UUID | None:
     """The id of the event created from `body`, or None: take the full path."""
-    if not deferred() or connection.vendor != "postgresql" or connection.in_atomic_block:
+    if not lean_possible():
         return None
     if len(body) > LEAN_BODY_BYTES or any(marker in body for marker in _FULL_PATH_MARKERS):
         return None  # a batch, rows or files: not parsed twice
@@ -122,7 +119,7 @@ def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.
         bounds = _bounds(guess, item)
         params["start"], params["end"] = bounds or ("", "")
         # Without bounds (no guess yet, or a range invalid for it) the statement only tells.
-        row = _execute(params | {"range_type": guess if bounds else None})
+        row = run_statement(_INGEST, params | {"range_type": guess if bounds else None})
         if row is None:  # the token or its role: the full path says why
             return None
         range_type, inserted = row
@@ -145,20 +142,4 @@ def _bounds(range_type: str | None, item: dict[str, Any]) -> tuple[str, str] | N
     try:
         return canonical_range(range_type, item.get("range_start"), item.get("range_end"))
     except ValidationFailed:
-        return None
-
-
-def _execute(params: dict[str, Any]) -> tuple[str | None, bool | None] | None:
-    """Run the statement in autocommit on this thread's connection (prepared once per
-    connection unless `SLUICE_DB_PREPARED_STATEMENTS` is off). None when the connection fails,
-    typically a kept-alive one found dead: the full path reconnects and answers (an event
-    that did commit is found there by its idempotency key, as for any retry)."""
-    if connection.connection is None:
-        connection.ensure_connection()
-    try:
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_INGEST, params, prepare=True)
-            return cursor.fetchone()
-    except psycopg.OperationalError:
-        connection.close()  # the full path reconnects
         return None

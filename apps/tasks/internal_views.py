@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,6 +17,8 @@ from rest_framework.views import APIView
 from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import SluiceError, ValidationFailed
 from apps.tasks import worker_api
+from apps.tasks.lean import lean_json_request
+from apps.tasks.worker_lean import single_task_complete, single_task_fetch
 
 MAX_BATCH = 100
 
@@ -65,6 +70,26 @@ def _run_batch(
     return results
 
 
+def _lean(
+    request: HttpRequest, call: Callable[[int | None, bytes], dict[str, Any] | None]
+) -> HttpResponse | None:
+    """A plain single call answered over a lean path (`worker_lean`), or None."""
+    lean = lean_json_request(request)
+    if lean is None:
+        return None
+    try:
+        authenticated = WorkerKeyAuthentication().authenticate(request)  # type: ignore[arg-type]
+    except AuthenticationFailed:  # the full path answers 401
+        return None
+    if authenticated is None:
+        return None
+    principal = authenticated[0]
+    answer = call(None if principal.org is None else principal.org.pk, lean[1])
+    if answer is None:
+        return None
+    return HttpResponse(json.dumps(answer), content_type="application/json")
+
+
 class InternalView(APIView):
     authentication_classes = [WorkerKeyAuthentication]
 
@@ -73,6 +98,10 @@ class InternalView(APIView):
 
 
 class TaskFetchView(InternalView):
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        lean = _lean(request, single_task_fetch)
+        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
+
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
         body = _body(request)
@@ -125,6 +154,10 @@ class TaskEventsView(_ItemView):
 
 class TaskCompleteView(_ItemView):
     call = staticmethod(worker_api.task_complete)  # type: ignore[assignment]
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        lean = _lean(request, single_task_complete)
+        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     def batch(self, principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
         return worker_api.task_complete_many(principal, items)

@@ -14,7 +14,6 @@ from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,11 +29,11 @@ from apps.datasets.parsers import (
     ParquetParser,
 )
 from apps.orgs.api import paginate, paginated, request_org
-from apps.orgs.authentication import bearer_value
 from apps.orgs.errors import NotFound, ValidationFailed
 from apps.tasks import selectors, services
 from apps.tasks.ingest import dataset_invalidate, events_ingest
-from apps.tasks.ingest_lean import LEAN_BODY_BYTES, single_event_ingest
+from apps.tasks.ingest_lean import single_event_ingest
+from apps.tasks.lean import lean_json_request
 from apps.tasks.models import Event, Mode, Task, TaskState
 from apps.tasks.serializers import EventOutput, IngestOutput, TaskDetailOutput, TaskOutput
 
@@ -68,20 +67,11 @@ def _table_event(request: Request, table: pa.Table) -> dict[str, Any]:
 
 def _lean_post(request: HttpRequest) -> HttpResponse | None:
     """A plain single-event POST answered over the lean path (`ingest_lean`), or None."""
-    if request.method != "POST" or request.content_type != "application/json":
+    lean = lean_json_request(request)
+    if lean is None:
         return None
-    if request.META.get("HTTP_ACCEPT", "*/*") not in ("*/*", "application/json"):
-        return None  # DRF negotiates anything else (the browsable API)
-    try:
-        token = bearer_value(request)
-    except AuthenticationFailed:  # malformed: the full path says so
-        return None
-    if token is None:
-        return None
-    length = request.META.get("CONTENT_LENGTH") or ""
-    if not (length.isdigit() and 0 < int(length) <= LEAN_BODY_BYTES):
-        return None  # chunked or large: read (and refused when too large) by the full path
-    event_id = single_event_ingest(token, request.body, settings.SLUICE_TOKEN_TOUCH_INTERVAL_S)
+    token, body = lean
+    event_id = single_event_ingest(token, body, settings.SLUICE_TOKEN_TOUCH_INTERVAL_S)
     if event_id is None:
         return None
     return HttpResponse(

@@ -57,7 +57,7 @@ class TaskCanceled(Conflict):
     code = "task_canceled"
 
 
-def _tail(text: str | None) -> str:
+def log_tail(text: str | None) -> str:
     raw = (text or "").encode("utf-8", "replace")
     return raw[-LOG_LIMIT_BYTES:].decode("utf-8", "ignore")
 
@@ -121,7 +121,7 @@ def event_body(event: Event) -> dict[str, Any]:
     }
 
 
-def _lease_body(
+def lease_body(
     task: Task,
     node: dict[str, Any],
     secrets_for_task: dict[str, str],
@@ -284,7 +284,7 @@ def _lease(
             # Only while leased, only the org secrets the node names; each one is audited.
             handed = secrets_service.handout(task.org_id, node.get("secrets") or [], task.pk)
             dataset = outputs.get((task.org_id, (node.get("output") or {}).get("dataset")))
-            outcomes[task.pk] = _lease_body(task, node, handed, dataset)
+            outcomes[task.pk] = lease_body(task, node, handed, dataset)
     return outcomes
 
 
@@ -599,7 +599,7 @@ def task_complete(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str,
         _end_attempt(
             attempt,
             AttemptOutcome.SUCCEEDED,
-            logs=_tail(body.get("logs")),
+            logs=log_tail(body.get("logs")),
             metrics=body.get("metrics") or {},
         )
         dispatch_after_commit()
@@ -747,7 +747,7 @@ def _record_completions(done: list[_Completion]) -> None:
         c.attempt.pk: {
             "outcome": AttemptOutcome.SUCCEEDED,
             "ended_at": now,
-            "logs": _tail(c.item.get("logs")),
+            "logs": log_tail(c.item.get("logs")),
             "metrics": c.item.get("metrics") or {},
         }
         for c in done
@@ -775,13 +775,13 @@ def task_fail(principal: WorkerPrincipal, body: dict[str, Any]) -> dict[str, Any
         clean_error = {
             "type": str(error.get("type", "Error"))[:200],
             "message": str(error.get("message", ""))[:4000],
-            "traceback": _tail(str(error.get("traceback", "")))[-16000:],
+            "traceback": log_tail(str(error.get("traceback", "")))[-16000:],
         }
         lifecycle.task_attempt_failed(
             task, error=clean_error, retryable=retryable, retry=_node(task).get("retry", {})
         )
         _end_attempt(
-            attempt, AttemptOutcome.FAILED, error=clean_error, logs=_tail(body.get("logs"))
+            attempt, AttemptOutcome.FAILED, error=clean_error, logs=log_tail(body.get("logs"))
         )
     return _fail_answer(task)
 

@@ -1,0 +1,59 @@
+"""What the lean paths share (ADR 0010, ADR 0013): a hot request answered by a statement or
+two of hand-written SQL in autocommit, instead of DRF, the ORM and a transaction of a dozen
+round trips. A lean path only ever answers the plain case it was written for; anything else
+(or any doubt) returns None and the request takes the full path, whose answers and errors
+stay the API's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from django.db import connection
+from django.http import HttpRequest
+from rest_framework.exceptions import AuthenticationFailed
+
+from apps.orgs.authentication import bearer_value
+from apps.tasks.fanout import deferred
+
+LEAN_BODY_BYTES = 64 * 1024
+
+
+def lean_possible() -> bool:
+    """PostgreSQL, the notify trigger (fan-out and dispatch are the loops'), and no transaction
+    around the request (each statement commits on its own)."""
+    return deferred() and connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def lean_json_request(request: HttpRequest) -> tuple[str, bytes] | None:
+    """The bearer token and body of a plain JSON POST the lean path may read, or None."""
+    if request.method != "POST" or request.content_type != "application/json":
+        return None
+    if request.META.get("HTTP_ACCEPT", "*/*") not in ("*/*", "application/json"):
+        return None  # DRF negotiates anything else (the browsable API)
+    try:
+        token = bearer_value(request)
+    except AuthenticationFailed:  # malformed: the full path says so
+        return None
+    if token is None:
+        return None
+    length = request.META.get("CONTENT_LENGTH") or ""
+    if not (length.isdigit() and 0 < int(length) <= LEAN_BODY_BYTES):
+        return None  # chunked or large: read (and refused when too large) by the full path
+    return token, request.body
+
+
+def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Run one statement in autocommit on this thread's connection (prepared once per
+    connection unless `SLUICE_DB_PREPARED_STATEMENTS` is off): its first row, or None. None
+    also when the connection fails, typically a kept-alive one found dead: the full path
+    reconnects and answers (whatever did commit is found there, as for any retry)."""
+    if connection.connection is None:
+        connection.ensure_connection()
+    try:
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchone()
+    except psycopg.OperationalError:
+        connection.close()  # the full path reconnects
+        return None
