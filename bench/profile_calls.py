@@ -10,6 +10,7 @@ It recreates the database sluice_bench_profile (or --database-url) and migrates 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -178,7 +179,68 @@ def main() -> None:
         table,
     )
     measure("reap_once(), idle", lambda i: reap_once(), 50, table)
+    _measure_lean(setup.org, pool, table, args.calls)
     console.print(table)
+
+
+def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
+    """The lean paths of the single and batch worker calls (ADR 0013): two statements of
+    their own per call (not counted as queries), under the notify trigger they need."""
+    from django.test import override_settings
+
+    from apps.tasks.dispatch import claim
+    from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.ingest import events_ingest
+    from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
+
+    def body(value: dict[str, Any]) -> bytes:
+        return json.dumps(value).encode()
+
+    def completion(lease: dict[str, Any]) -> dict[str, Any]:
+        return {"lease_token": lease["lease"]["token"], "outputs": [], "logs": ""}
+
+    with override_settings(SLUICE_DISPATCH_TRIGGER="notify"):
+        for round_ in range(2):
+            events = [event("chain", f"lean{round_}-{j}", j) for j in range(1000)]
+            events_ingest(org, {"events": events})
+        while fan_out_pending_events():
+            pass
+        messages = [t.as_message() for _ in range(3) for c in claim(batch=100) for t in c.tasks]
+        singles = messages[: min(calls, len(messages))]
+        leases: list[dict[str, Any]] = []
+        measure(
+            "lean task-fetch, 1 task",
+            lambda i: leases.append(lean_task_fetch(pool, body(singles[i]))),
+            len(singles),
+            table,
+        )
+        measure(
+            "lean task-complete, 1 task",
+            lambda i: lean_task_complete(pool, body(completion(leases[i]))),
+            len(leases),
+            table,
+        )
+        batches: list[list[dict[str, Any]]] = []  # one claim's tasks: one message
+        while len(batches) < 10 and (claims := claim(batch=100)):
+            batches += [[t.as_message() for t in c.tasks] for c in claims]
+        batches = batches[:10]
+        fetched: list[list[dict[str, Any]]] = []
+        measure(
+            "lean task-fetch, 100 tasks",
+            lambda i: fetched.append(
+                lean_task_fetch(pool, body({"tasks": batches[i], "worker_id": "w"}))["leases"]
+            ),
+            len(batches),
+            table,
+        )
+        measure(
+            "lean task-complete, 100 tasks",
+            lambda i: lean_task_complete(
+                pool, body({"items": [completion(lease) for lease in fetched[i]]})
+            ),
+            len(fetched),
+            table,
+        )
 
 
 if __name__ == "__main__":

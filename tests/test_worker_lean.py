@@ -20,11 +20,10 @@ from apps.orgs.authentication import WorkerPrincipal
 from apps.tasks import worker_api, worker_lean
 from apps.tasks.fanout import fan_out_pending_events
 from apps.tasks.ingest import events_ingest
-from apps.tasks.lean import run_statement
 from apps.tasks.models import Attempt, Event, Task, TaskInput
 from apps.tasks.reaper import reconcile_lanes
 from apps.tasks.triggers import Wakeups
-from apps.tasks.worker_lean import single_task_complete, single_task_fetch
+from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, deploy, fetch, worker_client
 
@@ -69,8 +68,8 @@ def body(lease: dict, **extra: Any) -> dict[str, Any]:
     return {"lease_token": lease["lease"]["token"], "outputs": [], "logs": "done", **extra}
 
 
-def lean(lease: dict, org_id: int | None = None, **extra: Any) -> dict[str, Any] | None:
-    return single_task_complete(org_id, json.dumps(body(lease, **extra)).encode())
+def lean(lease: dict, principal: WorkerPrincipal = POOL, **extra: Any) -> dict[str, Any] | None:
+    return lean_task_complete(principal, json.dumps(body(lease, **extra)).encode())
 
 
 def recorded(task_id: str) -> dict[str, Any]:
@@ -161,8 +160,8 @@ def test_an_org_worker_key_completes_only_its_own_tasks(
     mine, theirs = leases(world, chain, recorder, 2)
     response = chain.post("/internal/task-complete", body(mine), format="json")
     assert response.status_code == 200 and response.json()["state"] == "succeeded"
-    other_org = world.globex.pk
-    assert lean(theirs, org_id=other_org) is None  # another org's: the full path says 404
+    other_org = WorkerPrincipal(org=world.globex, key_id=None)
+    assert lean(theirs, other_org) is None  # another org's: the full path says 404
     _, key = org_services.worker_key_issue(org=world.globex, name="g")
     refused = worker_client(key).post("/internal/task-complete", body(theirs), format="json")
     assert refused.status_code == 404
@@ -225,9 +224,92 @@ def test_outputs_and_other_nodes_take_the_full_path(
     [lease] = leases(world, chain, recorder, 1)
     named = {"outputs": [{"dataset": "chain.op1", "files": []}]}
     _nothing_written(lease, named)
-    assert single_task_complete(None, b"[1]") is None
-    assert single_task_complete(None, b"{not json") is None
-    assert single_task_complete(None, b'{"lease_token": "nobody holds this"}') is None
+    assert lean_task_complete(POOL, b"[1]") is None
+    assert lean_task_complete(POOL, b"{not json") is None
+    assert lean_task_complete(POOL, b'{"lease_token": "nobody holds this"}') is None
+
+
+def lean_batch(leases_: list[dict], **extra: Any) -> dict[str, Any] | None:
+    items = [body(lease, **extra) for lease in leases_]
+    return lean_task_complete(POOL, json.dumps({"items": items}).encode())
+
+
+def test_a_batch_is_recorded_as_the_full_path_records_it(
+    settings,
+    world: World,
+    chain: APIClient,
+    recorder: RecordingAdapter,
+    django_assert_num_queries,
+):
+    for lease in leases(world, chain, recorder, 6):
+        assert lean(lease) is not None
+    fan_out_pending_events()
+    op2 = [fetch(chain, m).json() for m in recorder.take("op2")]
+    extra = {"payload": {"shared": 1}, "metrics": {"rows_seen": 3}}
+    full = worker_api.task_complete_many(POOL, [body(lease, **extra) for lease in op2[:3]])
+    assert [r["state"] for r in full] == ["succeeded"] * 3
+    pool = APIClient()
+    pool.credentials(HTTP_AUTHORIZATION=f"Bearer {settings.SLUICE_POOL_KEY}")
+    items = [body(lease, **extra) for lease in op2[3:]]
+    with django_assert_num_queries(0):  # only the lean path's own statements ran
+        response = pool.post("/internal/task-complete", {"items": items}, format="json")
+    assert response.status_code == 200, response.content
+    results = response.json()["results"]
+    assert [r["task_id"] for r in results] == [lease["task"]["id"] for lease in op2[3:]]
+    for result in results:
+        assert result["event"]["id"] == str(
+            Event.objects.get(producer_task_id=result["task_id"]).pk
+        )
+    for lease in op2[3:]:
+        assert recorded(lease["task"]["id"]) == recorded(op2[0]["task"]["id"])
+    seqs = Commit.objects.filter(producer_node="op2").order_by("seq")
+    assert [c.seq for c in seqs] == [1, 2, 3, 4, 5, 6]
+    # Seqs follow the items' order.
+    assert [str(c.producer_task_id) for c in seqs][3:] == [r["task_id"] for r in results]
+    assert _last_seq("chain.op2") == 6
+    assert reconcile_lanes() == 0
+    assert fan_out_pending_events() == 6
+
+
+def test_a_batch_item_the_lean_path_did_not_complete_is_answered_alone(
+    world: World, chain: APIClient, recorder: RecordingAdapter
+):
+    live, expired, also_live = leases(world, chain, recorder, 3)
+    Task.objects.filter(pk=expired["task"]["id"]).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    answer = lean_batch([live, expired, also_live])
+    assert answer is not None
+    first, refused, third = answer["results"]
+    assert first["state"] == third["state"] == "succeeded"
+    assert (refused["index"], refused["code"]) == (1, "lease_expired")
+    assert refused["task_id"] == expired["task"]["id"]
+    assert Commit.objects.filter(producer_task_id=expired["task"]["id"]).count() == 0
+    assert reconcile_lanes() == 0
+    # The same batch again: each item answered as before, nothing recorded twice.
+    again = lean_batch([live, expired, also_live])
+    assert again is not None and [r.get("state") for r in again["results"]] == [
+        "succeeded",
+        None,
+        "succeeded",
+    ]
+    assert Commit.objects.filter(producer_node="op1").count() == 2
+
+
+def test_a_batch_the_lean_path_may_not_record_takes_the_full_path(
+    world: World, chain: APIClient, recorder: RecordingAdapter
+):
+    one, other = leases(world, chain, recorder, 2)
+    commits = Commit.objects.count()
+    assert lean_batch([one, one]) is None  # a repeated token
+    assert lean_batch([one, other], outputs=[{"dataset": "chain.op1", "files": []}]) is None
+    assert lean_task_complete(POOL, b'{"items": []}') is None
+    assert lean_task_complete(POOL, b'{"items": [1]}') is None
+    too_many = json.dumps({"items": [body(one)] * 101}).encode()
+    assert lean_task_complete(POOL, too_many) is None
+    Task.objects.filter(pk=other["task"]["id"]).update(lane="backfill")  # two lanes
+    assert lean_batch([one, other]) is None
+    assert Commit.objects.count() == commits
 
 
 # --- task-fetch ------------------------------------------------------------------------------
@@ -241,9 +323,9 @@ def op2_messages(world: World, chain: APIClient, recorder: RecordingAdapter, n: 
     return recorder.take("op2")
 
 
-def lean_fetch(message: dict, org_id: int | None = None, **extra: Any) -> dict | None:
+def lean_fetch(message: dict, principal: WorkerPrincipal = POOL, **extra: Any) -> dict | None:
     body = {"task_id": message["task_id"], "dispatch_token": message["dispatch_token"]}
-    return single_task_fetch(org_id, json.dumps({**body, "worker_id": "w9", **extra}).encode())
+    return lean_task_fetch(principal, json.dumps({**body, "worker_id": "w9", **extra}).encode())
 
 
 def _masked(lease: dict) -> dict:
@@ -330,30 +412,86 @@ def test_a_fetch_the_lean_path_may_not_make_takes_the_full_path(
     fan_out_pending_events()
     [message] = recorder.take("op1")
     assert lean_fetch({**message, "dispatch_token": "x" * 40}) is None
-    assert lean_fetch(message, org_id=world.globex.pk) is None  # another org's task
+    assert (
+        lean_fetch(message, WorkerPrincipal(org=world.globex, key_id=None)) is None
+    )  # another org's task
     assert lean_fetch(message, colour="red") is None
     assert lean_fetch({**message, "task_id": "not-a-uuid"}) is None
-    assert single_task_fetch(None, b"[]") is None
+    assert lean_task_fetch(POOL, b"[]") is None
     assert Attempt.objects.count() == 0 and Task.objects.get(pk=message["task_id"]).attempt == 0
-    # A fetch that lost the race between its two statements starts nothing.
-    assert (
-        run_statement(
-            worker_lean._START,
-            {
-                "task_id": message["task_id"],
-                "dispatch_count": 7,
-                "lease": "l",
-                "expires": None,
-                "deadline": None,
-                "now": timezone.now(),
-                "worker_id": "w",
-                "org_id": world.acme.pk,
-                "output": "chain.op1",
-            },
-        )
-        is None
-    )
-    assert Attempt.objects.count() == 0
     assert lean_fetch(message) is not None
     assert lean_fetch(message) is None  # leased once
     assert Attempt.objects.count() == 1
+
+
+def test_a_fetch_that_loses_the_race_between_its_statements_leases_nothing(
+    world: World, chain: APIClient, recorder: RecordingAdapter, monkeypatch
+):
+    events_ingest(
+        world.acme,
+        {
+            "events": [
+                {"dataset": "chain.src", "idempotency_key": k, "range_start": 0, "range_end": 1}
+                for k in ("a", "b", "c")
+            ]
+        },
+    )
+    fan_out_pending_events()
+    first, second, third = recorder.take("op1")
+    real_run_rows = worker_lean.run_rows
+    racing = [first]
+
+    def another_worker_fetches_first(sql: str, params: dict) -> Any:
+        while sql == worker_lean._START and racing:  # between the read and the move
+            message = racing.pop()
+            worker_api.task_fetch(POOL, message["task_id"], message["dispatch_token"], "w2")
+        return real_run_rows(sql, params)
+
+    monkeypatch.setattr(worker_lean, "run_rows", another_worker_fetches_first)
+    assert lean_fetch(first) is None  # the full path answers 409
+    racing.append(second)
+    # In a batch, the raced task is refused (by the full path) and the other one leased.
+    batch = {"tasks": [{k: m[k] for k in ("task_id", "dispatch_token")} for m in (second, third)]}
+    answer = lean_task_fetch(POOL, json.dumps({**batch, "worker_id": "w9"}).encode())
+    assert answer is not None
+    assert [lease["task"]["id"] for lease in answer["leases"]] == [third["task_id"]]
+    assert answer["refused"] == [{"task_id": second["task_id"], "code": "not_leasable"}]
+    workers = Attempt.objects.order_by("task_id").values_list("task_id", "worker_id")
+    assert sorted((str(t), w) for t, w in workers) == sorted(
+        [(first["task_id"], "w2"), (second["task_id"], "w2"), (third["task_id"], "w9")]
+    )
+    assert reconcile_lanes() == 0
+
+
+def test_a_batch_fetch_is_leased_as_the_full_path_leases_it(
+    settings,
+    world: World,
+    chain: APIClient,
+    recorder: RecordingAdapter,
+    django_assert_num_queries,
+):
+    messages = op2_messages(world, chain, recorder, 4)
+    pool = APIClient()
+    pool.credentials(HTTP_AUTHORIZATION=f"Bearer {settings.SLUICE_POOL_KEY}")
+    tasks = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in messages]
+    with django_assert_num_queries(0):  # only the lean path's own statements ran
+        response = pool.post(
+            "/internal/task-fetch", {"tasks": tasks[:3], "worker_id": "w9"}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["refused"] == []
+    assert [lease["task"]["id"] for lease in answer["leases"]] == [
+        m["task_id"] for m in messages[:3]
+    ]
+    [full] = worker_api.task_fetch_many(POOL, tasks[3:], "w9")
+    for lease in answer["leases"]:
+        assert _masked(lease) == _masked(full)
+    assert Attempt.objects.filter(worker_id="w9").count() == 4
+    # The same batch again: every task refused by the full path, nothing leased twice.
+    again = pool.post(
+        "/internal/task-fetch", {"tasks": tasks[:3], "worker_id": "w9"}, format="json"
+    )
+    assert again.json()["leases"] == []
+    assert [r["code"] for r in again.json()["refused"]] == ["not_leasable"] * 3
+    assert Attempt.objects.count() == 4 + 4  # op1's four and op2's four

@@ -18,9 +18,8 @@ from apps.orgs.authentication import WorkerKeyAuthentication, WorkerPrincipal
 from apps.orgs.errors import SluiceError, ValidationFailed
 from apps.tasks import worker_api
 from apps.tasks.lean import lean_json_request
-from apps.tasks.worker_lean import single_task_complete, single_task_fetch
-
-MAX_BATCH = 100
+from apps.tasks.worker_api import MAX_BATCH
+from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -71,9 +70,9 @@ def _run_batch(
 
 
 def _lean(
-    request: HttpRequest, call: Callable[[int | None, bytes], dict[str, Any] | None]
+    request: HttpRequest, call: Callable[[WorkerPrincipal, bytes], Any]
 ) -> HttpResponse | None:
-    """A plain single call answered over a lean path (`worker_lean`), or None."""
+    """A plain call answered over a lean path (`worker_lean`), or None."""
     lean = lean_json_request(request)
     if lean is None:
         return None
@@ -83,8 +82,7 @@ def _lean(
         return None
     if authenticated is None:
         return None
-    principal = authenticated[0]
-    answer = call(None if principal.org is None else principal.org.pk, lean[1])
+    answer = call(authenticated[0], lean[1])
     if answer is None:
         return None
     return HttpResponse(json.dumps(answer), content_type="application/json")
@@ -99,7 +97,7 @@ class InternalView(APIView):
 
 class TaskFetchView(InternalView):
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        lean = _lean(request, single_task_fetch)
+        lean = _lean(request, lean_task_fetch)
         return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     @extend_schema(exclude=True)
@@ -156,7 +154,7 @@ class TaskCompleteView(_ItemView):
     call = staticmethod(worker_api.task_complete)  # type: ignore[assignment]
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        lean = _lean(request, single_task_complete)
+        lean = _lean(request, lean_task_complete)
         return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     def batch(self, principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:

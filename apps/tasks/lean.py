@@ -43,17 +43,23 @@ def lean_json_request(request: HttpRequest) -> tuple[str, bytes] | None:
     return token, request.body
 
 
-def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+def run_rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]] | None:
     """Run one statement in autocommit on this thread's connection (prepared once per
-    connection unless `SLUICE_DB_PREPARED_STATEMENTS` is off): its first row, or None. None
-    also when the connection fails, typically a kept-alive one found dead: the full path
-    reconnects and answers (whatever did commit is found there, as for any retry)."""
+    connection unless `SLUICE_DB_PREPARED_STATEMENTS` is off): its rows. None when the
+    connection fails, typically a kept-alive one found dead: the full path reconnects and
+    answers (whatever did commit is found there, as for any retry)."""
     if connection.connection is None:
         connection.ensure_connection()
     try:
         with psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(sql, params, prepare=True)
-            return cursor.fetchone()
+            return cursor.fetchall()
     except psycopg.OperationalError:
         connection.close()  # the full path reconnects
         return None
+
+
+def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """`run_rows`' first row, or None (no row, or no connection)."""
+    rows = run_rows(sql, params)
+    return rows[0] if rows else None

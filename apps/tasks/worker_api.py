@@ -39,6 +39,7 @@ from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import dispatch_after_commit
 
 LOG_LIMIT_BYTES = 64 * 1024
+MAX_BATCH = 100  # items per call of a batch form
 
 
 def lease_ttl_s() -> float:
@@ -614,10 +615,10 @@ def task_complete_many(principal: WorkerPrincipal, items: list[Any]) -> list[dic
     try:
         return _complete_batch(principal, items)
     except ValidationFailed:
-        return [_complete_alone(principal, item, index) for index, item in enumerate(items)]
+        return [complete_alone(principal, item, index) for index, item in enumerate(items)]
 
 
-def _complete_alone(principal: WorkerPrincipal, item: Any, index: int) -> dict[str, Any]:
+def complete_alone(principal: WorkerPrincipal, item: Any, index: int) -> dict[str, Any]:
     if not isinstance(item, dict):
         return refusal(None, index, ValidationFailed("each item must be an object"))
     try:
@@ -700,7 +701,7 @@ def _complete_batch(principal: WorkerPrincipal, items: list[Any]) -> list[dict[s
     for completion in done:
         results[completion.index] = _complete_answer(completion.task)
     for index in later:
-        results[index] = _complete_alone(principal, items[index], index)
+        results[index] = complete_alone(principal, items[index], index)
     return [results[index] for index in range(len(items))]
 
 

@@ -29,19 +29,28 @@ from psycopg.types.json import Jsonb
 
 from apps.dags.models import Dag, DagVersion, node_map_of
 from apps.datasets.models import Commit, Dataset
-from apps.tasks.lean import lean_possible, run_statement
+from apps.orgs.authentication import WorkerPrincipal
+from apps.tasks.lean import lean_possible, run_rows
 from apps.tasks.models import Event, Task
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import CHANNEL
-from apps.tasks.worker_api import lease_body, lease_ttl_s, log_tail
+from apps.tasks.worker_api import (
+    MAX_BATCH,
+    complete_alone,
+    lease_body,
+    lease_ttl_s,
+    log_tail,
+    task_fetch_many,
+)
 
-FETCH_FIELDS = frozenset({"task_id", "dispatch_token", "worker_id"})
+# A dispatch message names the attempt too; the fetch reads only the id and the token.
+FETCH_ITEM_FIELDS = frozenset({"task_id", "dispatch_token", "attempt"})
 
 # Everything a lease body tells of the task, its version, its input event and that event's
 # commit and dataset; read without a lock: the move below is conditional on what was read.
 # JSON columns come as text, decoded here (whatever loaders the connection has).
 _TASK_TO_LEASE = """
-SELECT t.state, t.dispatch_count, t.org_id, t.dag_version_id, t.node_id, t.max_attempts,
+SELECT t.id, t.state, t.dispatch_count, t.org_id, t.dag_version_id, t.node_id, t.max_attempts,
     t.mode, t.lane, v.config_hash, v.number, g.name,
     e.id, e.kind, e.dataset_id, e.range_start, e.range_end, e.event_time, e.mode,
     e.payload::text, c.generation, c.seq, c.files::text, d.backend, d.schema::text
@@ -51,157 +60,241 @@ JOIN dags g ON g.id = v.dag_id
 JOIN events e ON e.id = t.event_id
 LEFT JOIN dataset_commits c ON c.id = e.commit_id
 LEFT JOIN datasets d ON d.id = c.dataset_id
-WHERE t.id = %(task_id)s
+WHERE t.id = ANY(%(task_ids)s)
 """
 
 # queued -> running (`lifecycle.task_start_many`'s fields; both states count as in flight,
-# so no lane counter moves), only for the dispatch whose token was checked; then the attempt
-# and the output dataset the lease names.
+# so no lane counter moves), only for the dispatch whose token was checked; then the attempts
+# and the output datasets the leases name. Items come in task id order, the order the full
+# path locks them in.
 _START = """
-WITH started AS (
-    UPDATE tasks SET state = 'running', attempt = attempt + 1, lease_token = %(lease)s,
-        lease_expires_at = %(expires)s, deadline_at = %(deadline)s, started_at = %(now)s,
+WITH item AS (
+    SELECT * FROM unnest(%(task_ids)s::uuid[], %(dispatch_counts)s::integer[],
+        %(leases)s::text[], %(deadlines)s::timestamptz[], %(outputs)s::text[])
+        AS v(task_id, dispatch_count, lease, deadline, output)
+), started AS (
+    UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_token = i.lease,
+        lease_expires_at = %(expires)s, deadline_at = i.deadline, started_at = %(now)s,
         error = NULL
-    WHERE id = %(task_id)s AND state = 'queued' AND dispatch_count = %(dispatch_count)s
-    RETURNING id, attempt
+    FROM item i
+    WHERE t.id = i.task_id AND t.state = 'queued' AND t.dispatch_count = i.dispatch_count
+    RETURNING t.id, t.org_id, t.attempt, i.lease, i.output
 ), attempt AS (
     INSERT INTO task_attempts (task_id, number, worker_id, lease_token, started_at,
         heartbeat_at, ended_at, outcome, error, logs, metrics, progress)
-    SELECT id, attempt, %(worker_id)s, %(lease)s, %(now)s, %(now)s, NULL, '', NULL, '', '{}',
-        '{}'
+    SELECT id, attempt, %(worker_id)s, lease, %(now)s, %(now)s, NULL, '', NULL, '', '{}', '{}'
     FROM started
 )
-SELECT s.attempt, d.id, d.backend, d.live_generation, d.schema::text, d.storage_prefix
+SELECT s.id, s.attempt, d.id, d.backend, d.live_generation, d.schema::text, d.storage_prefix
 FROM started s
-LEFT JOIN datasets d ON d.org_id = %(org_id)s AND d.dataset_id = %(output)s
+LEFT JOIN datasets d ON d.org_id = s.org_id AND d.dataset_id = s.output
 """
 
 LEAN_FIELDS = frozenset({"lease_token", "outputs", "logs", "metrics", "payload"})
 
-_NODE_OF_LEASE = """
-SELECT t.dag_version_id, t.node_id, v.config_hash, g.name
+_NODES_OF_LEASES = """
+SELECT a.lease_token, t.dag_version_id, t.node_id, t.lane, v.config_hash, g.name
 FROM task_attempts a
 JOIN tasks t ON t.id = a.task_id
 JOIN dag_versions v ON v.id = t.dag_version_id
 JOIN dags g ON g.id = v.dag_id
-WHERE a.lease_token = %(token)s
+WHERE a.lease_token = ANY(%(tokens)s)
 """
 
-# `held` locks the attempt and its task (in that order, as the full path does) only while the
-# lease is live; every write below hangs off it, so a lease that is gone writes nothing. The
-# generation's row lock serializes its commits as `commits_record` does (which also creates
-# the row on a generation's first commit); the lane counter is
-# the last row locked, as in `counted_atomic`. The states, outcome and lane weights are the
-# ones `lifecycle` moves between (running -> succeeded: in flight one fewer).
+# `held` locks the attempts and their tasks (in task order; attempt and task together, the
+# order the full path locks them in) only while each lease is live; every write below hangs
+# off those rows, so a lease that is gone writes nothing. The generation's row lock
+# serializes its commits as `commits_record` does (which also creates the row on a
+# generation's first commit), and its seqs are handed out in the items' order; the lane
+# counter is the last row locked, as in `counted_atomic`. The states, outcome and lane
+# weights are the ones `lifecycle` moves between (running -> succeeded: one fewer in
+# flight). The items are of one node and lane (one claim's).
 _COMPLETE = """
-WITH held AS (
-    SELECT a.id AS attempt_id, t.id AS task_id, t.org_id, t.mode, e.id AS input_id,
+WITH item AS (
+    SELECT * FROM unnest(%(tokens)s::text[], %(event_ids)s::uuid[], %(payloads)s::jsonb[],
+        %(logs)s::text[], %(metrics)s::jsonb[]) WITH ORDINALITY
+        AS v(token, event_id, payload, logs, metrics, ord)
+), held AS (
+    SELECT i.*, a.id AS attempt_id, t.id AS task_id, t.org_id, t.mode, e.id AS input_id,
         e.dataset_id AS input_dataset, e.range_start, e.range_end,
         c.generation AS input_generation, c.seq AS input_seq
-    FROM task_attempts a
+    FROM item i
+    JOIN task_attempts a ON a.lease_token = i.token
     JOIN tasks t ON t.id = a.task_id
     JOIN events e ON e.id = t.event_id
     LEFT JOIN dataset_commits c ON c.id = e.commit_id
-    WHERE a.lease_token = %(token)s AND a.outcome = '' AND t.state = 'running'
-        AND t.lease_token = a.lease_token AND t.lease_expires_at > %(now)s
-        AND t.dag_version_id = %(version_id)s AND t.node_id = %(node_id)s
+    WHERE a.outcome = '' AND t.state = 'running' AND t.lease_token = a.lease_token
+        AND t.lease_expires_at > %(now)s AND t.dag_version_id = %(version_id)s
+        AND t.node_id = %(node_id)s AND t.lane = %(lane)s
         AND (%(org_id)s::bigint IS NULL OR t.org_id = %(org_id)s::bigint)
+    ORDER BY t.id
     FOR UPDATE OF a, t
 ), output AS (
-    SELECT d.id, d.live_generation FROM datasets d JOIN held h ON d.org_id = h.org_id
-    WHERE d.dataset_id = %(output)s AND d.backend = 'parquet'
+    SELECT d.id, d.live_generation, (SELECT count(*) FROM held) AS n FROM datasets d
+    WHERE d.org_id = (SELECT org_id FROM held LIMIT 1) AND d.dataset_id = %(output)s
+        AND d.backend = 'parquet'
 ), seq AS (
     INSERT INTO dataset_generations AS g (dataset_id, number, dag_version_id, last_seq,
         created_at)
-    SELECT o.id, o.live_generation, NULL, 1, %(now)s FROM output o
-    ON CONFLICT (dataset_id, number) DO UPDATE SET last_seq = g.last_seq + 1
+    SELECT o.id, o.live_generation, NULL, o.n, %(now)s FROM output o
+    ON CONFLICT (dataset_id, number) DO UPDATE SET last_seq = g.last_seq + EXCLUDED.last_seq
     RETURNING g.dataset_id, g.number, g.last_seq
+), numbered AS (
+    SELECT h.*, s.dataset_id AS output_id, s.number AS generation,
+        s.last_seq - (SELECT count(*) FROM held) + row_number() OVER (ORDER BY h.ord) AS seq
+    FROM held h CROSS JOIN seq s
 ), committed AS (
     INSERT INTO dataset_commits (dataset_id, generation, seq, range_start, range_end, files,
         rows, bytes, producer_dag, producer_node, producer_task_id, created_at)
-    SELECT s.dataset_id, s.number, s.last_seq, h.range_start, h.range_end, '[]', 0, 0,
-        %(dag)s, %(node_id)s, h.task_id, %(now)s
-    FROM seq s CROSS JOIN held h
-    RETURNING id
+    SELECT n.output_id, n.generation, n.seq, n.range_start, n.range_end, '[]', 0, 0,
+        %(dag)s, %(node_id)s, n.task_id, %(now)s
+    FROM numbered n ORDER BY n.ord
+    RETURNING id, producer_task_id
 ), emitted AS (
     INSERT INTO events (id, org_id, dataset_id, kind, mode, idempotency_key, range_start,
         range_end, event_time, payload, commit_id, producer_task_id, checkpoint_n, origin_id,
         depth, created_at, fanned_out_at)
-    SELECT %(event_id)s, h.org_id, %(output)s, 'data', h.mode, '', h.range_start, h.range_end,
-        %(now)s, %(payload)s, c.id, h.task_id, 0, NULL, 0, %(now)s, NULL
-    FROM committed c CROSS JOIN held h
-    RETURNING id
+    SELECT n.event_id, n.org_id, %(output)s, 'data', n.mode, '', n.range_start, n.range_end,
+        %(now)s, n.payload, c.id, n.task_id, 0, NULL, 0, %(now)s, NULL
+    FROM numbered n JOIN committed c ON c.producer_task_id = n.task_id
+    ORDER BY n.ord
+    RETURNING id, producer_task_id
 ), lineage AS (
     INSERT INTO task_inputs (task_id, dataset_id, generation, seq_start, seq_end, event_id)
-    SELECT h.task_id, h.input_dataset, h.input_generation, h.input_seq, h.input_seq, h.input_id
-    FROM held h CROSS JOIN emitted
-    WHERE h.input_generation IS NOT NULL
+    SELECT n.task_id, n.input_dataset, n.input_generation, n.input_seq, n.input_seq, n.input_id
+    FROM numbered n JOIN emitted m ON m.producer_task_id = n.task_id
+    WHERE n.input_generation IS NOT NULL
 ), succeeded AS (
     UPDATE tasks t SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
         deadline_at = NULL, finished_at = %(now)s, output_event_id = m.id
-    FROM emitted m, held h
-    WHERE t.id = h.task_id AND t.state = 'running'
-    RETURNING t.id, t.dag_version_id, t.node_id, t.lane
+    FROM emitted m
+    WHERE t.id = m.producer_task_id AND t.state = 'running'
+    RETURNING t.id
 ), ended AS (
-    UPDATE task_attempts a SET outcome = 'succeeded', ended_at = %(now)s, logs = %(logs)s,
-        metrics = %(metrics)s
-    FROM held h, succeeded s
-    WHERE a.id = h.attempt_id
+    UPDATE task_attempts a SET outcome = 'succeeded', ended_at = %(now)s, logs = n.logs,
+        metrics = n.metrics
+    FROM numbered n JOIN succeeded s ON s.id = n.task_id
+    WHERE a.id = n.attempt_id
 ), counted AS (
-    UPDATE node_lanes l SET in_flight = l.in_flight - 1 FROM succeeded s
-    WHERE l.dag_version_id = s.dag_version_id AND l.node_id = s.node_id AND l.lane = s.lane
+    UPDATE node_lanes l SET in_flight = l.in_flight - (SELECT count(*) FROM succeeded)
+    WHERE l.dag_version_id = %(version_id)s AND l.node_id = %(node_id)s AND l.lane = %(lane)s
+        AND EXISTS (SELECT 1 FROM succeeded)
 )
-SELECT s.id, pg_notify(%(channel)s, '') IS NOT NULL FROM succeeded s
+SELECT n.token, n.task_id, (SELECT pg_notify(%(channel)s, '') IS NOT NULL)
+FROM numbered n JOIN succeeded s ON s.id = n.task_id
 """
 
 
-def single_task_fetch(org_id: int | None, body: bytes) -> dict[str, Any] | None:
-    """`task_fetch`'s lease body for `body` by a worker acting for `org_id` (None: the pool),
-    or None: take the full path."""
+def lean_task_fetch(principal: WorkerPrincipal, body: bytes) -> dict[str, Any] | None:
+    """`POST /internal/task-fetch`'s answer for `body` (the single or the batch form), or
+    None: take the full path. In a batch, a task leased by another fetch between the lean
+    path's two statements is answered by the full path."""
     if not lean_possible():
         return None
     try:
-        item = json.loads(body)
-        task_id = uuid.UUID(item["task_id"])
-    except (ValueError, TypeError, KeyError, AttributeError):
+        parsed = json.loads(body)
+    except ValueError:
         return None
-    token, worker_id = item.get("dispatch_token"), item.get("worker_id") or ""
-    if not item.keys() <= FETCH_FIELDS or not isinstance(token, str):
+    if not isinstance(parsed, dict):
         return None
+    worker_id = parsed.get("worker_id") or ""
     if not isinstance(worker_id, str):
         return None
-    row = run_statement(_TASK_TO_LEASE, {"task_id": task_id})
-    if row is None:
+    if "tasks" not in parsed:
+        item = {k: v for k, v in parsed.items() if k != "worker_id"}
+        leased = _lease_plain(principal, [item], worker_id)
+        return leased[0][0] if leased and leased[0] else None
+    items = parsed["tasks"]
+    if not parsed.keys() <= {"tasks", "worker_id"} or not isinstance(items, list):
         return None
-    state, dispatch_count, task_org, version_id, node_id, *rest = row
-    if state != "queued" or (org_id is not None and org_id != task_org):
+    if not 0 < len(items) <= MAX_BATCH:
         return None
-    if not secrets.compare_digest(token, dispatch_token(task_id, dispatch_count)):
+    leased = _lease_plain(principal, items, worker_id)
+    if leased is None:
         return None
-    max_attempts, mode, lane, config_hash, number, dag, *event_row = rest
-    node = node_map_of(version_id, config_hash)[node_id]
-    if node.get("secrets"):  # each handout is audited: the full path's
+    bodies, leftovers = leased
+    results = task_fetch_many(principal, leftovers, worker_id) if leftovers else []
+    return {
+        "leases": bodies + [r for r in results if "code" not in r],
+        "refused": [
+            {"task_id": r.get("task_id"), "code": r["code"]} for r in results if "code" in r
+        ],
+    }
+
+
+def _lease_plain(
+    principal: WorkerPrincipal, items: list[Any], worker_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """Lease the tasks of `items` (each plain, queued, of this principal's orgs, its token the
+    dispatch's, its node naming no secrets; else None): their lease bodies, and the items
+    whose task another fetch moved meanwhile."""
+    wanted: dict[uuid.UUID, dict[str, Any]] = {}
+    for item in items:
+        if not isinstance(item, dict) or not item.keys() <= FETCH_ITEM_FIELDS:
+            return None
+        try:
+            task_id = uuid.UUID(item["task_id"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if task_id in wanted or not isinstance(item.get("dispatch_token"), str):
+            return None
+        wanted[task_id] = item
+    rows = run_rows(_TASK_TO_LEASE, {"task_ids": list(wanted)})
+    if rows is None or len(rows) != len(wanted):
+        return None
+    tasks: dict[uuid.UUID, tuple[Any, ...]] = {}
+    for row in rows:
+        task_id, state, dispatch_count, task_org = row[:4]
+        if state != "queued" or (principal.org is not None and principal.org.pk != task_org):
+            return None
+        token = wanted[task_id]["dispatch_token"]
+        if not secrets.compare_digest(token, dispatch_token(task_id, dispatch_count)):
+            return None
+        tasks[task_id] = row
+    nodes = {task_id: node_map_of(row[4], row[9])[row[5]] for task_id, row in tasks.items()}
+    if any(node.get("secrets") for node in nodes.values()):  # each handout is audited
         return None
     now = timezone.now()
-    lease = secrets.token_urlsafe(32)
     expires = now + dt.timedelta(seconds=lease_ttl_s())
-    started = run_statement(
+    order = sorted(tasks)
+    leases = {task_id: secrets.token_urlsafe(32) for task_id in order}
+    started = run_rows(
         _START,
         {
-            "task_id": task_id,
-            "dispatch_count": dispatch_count,
-            "lease": lease,
+            "task_ids": order,
+            "dispatch_counts": [tasks[t][2] for t in order],
+            "leases": [leases[t] for t in order],
+            "deadlines": [
+                now + dt.timedelta(seconds=float(nodes[t].get("timeout_s", 3600))) for t in order
+            ],
+            "outputs": [(nodes[t].get("output") or {}).get("dataset") for t in order],
             "expires": expires,
-            "deadline": now + dt.timedelta(seconds=float(node.get("timeout_s", 3600))),
             "now": now,
             "worker_id": worker_id[:200],
-            "org_id": task_org,
-            "output": (node.get("output") or {}).get("dataset"),
         },
     )
-    if started is None:  # fetched meanwhile by another worker: the full path answers 409
+    if started is None:
         return None
-    new_attempt, *output_row = started
+    outputs = {row[0]: row[1:] for row in started}
+    bodies = [
+        _lease_body_of(tasks[task_id], nodes[task_id], leases[task_id], expires, outputs[task_id])
+        for task_id in wanted
+        if task_id in outputs
+    ]
+    return bodies, [item for task_id, item in wanted.items() if task_id not in outputs]
+
+
+def _lease_body_of(
+    row: tuple[Any, ...],
+    node: dict[str, Any],
+    lease: str,
+    expires: dt.datetime,
+    started: tuple[Any, ...],
+) -> dict[str, Any]:
+    """The full path's lease body (`lease_body`), from the rows the two statements read."""
+    task_id, _, _, task_org, version_id, node_id, max_attempts, mode, lane, *rest = row
+    config_hash, number, dag, *event_row = rest
+    new_attempt, output_id, backend, generation, schema, prefix = started
     task = Task(
         id=task_id,
         org_id=task_org,
@@ -217,8 +310,7 @@ def single_task_fetch(org_id: int | None, body: bytes) -> dict[str, Any] | None:
     task.dag_version.dag = Dag(name=dag)
     task.event = _input_event(*event_row)
     output = None
-    if output_row[0] is not None:
-        output_id, backend, generation, schema, prefix = output_row
+    if output_id is not None:
         output = Dataset(
             id=output_id,
             org_id=task_org,
@@ -265,50 +357,100 @@ def _input_event(
     return event
 
 
-def single_task_complete(org_id: int | None, body: bytes) -> dict[str, Any] | None:
-    """`task_complete`'s answer for `body` by a worker acting for `org_id` (None: the pool),
-    or None: take the full path."""
+def lean_task_complete(principal: WorkerPrincipal, body: bytes) -> Any:
+    """`POST /internal/task-complete`'s answer for `body` (the single or the batch form), or
+    None: take the full path. In a batch, an item the lean statement did not complete (its
+    lease is not live, or it is a repeat) is answered by the full path on its own."""
     if not lean_possible():
         return None
     try:
-        item = json.loads(body)
+        parsed = json.loads(body)
     except ValueError:
         return None
+    if not isinstance(parsed, dict):
+        return None
+    if "items" not in parsed:
+        done = _complete_plain(principal, [parsed])
+        return done.get(0) if done else None
+    items = parsed["items"]
+    if parsed.keys() != {"items"} or not isinstance(items, list):
+        return None
+    if not 0 < len(items) <= MAX_BATCH:
+        return None
+    done = _complete_plain(principal, items)
+    if done is None:
+        return None
+    return {
+        "results": [
+            done[index] if index in done else complete_alone(principal, item, index)
+            for index, item in enumerate(items)
+        ]
+    }
+
+
+def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, Any] | None:
+    """Complete the plain items (all of them plain, of one node and lane, or None): the
+    answers of those completed, by index."""
+    tokens, payloads, logs, metrics = [], [], [], []
+    for item in items:
+        plain = _plain_completion(item)
+        if plain is None:
+            return None
+        tokens.append(plain[0])
+        payloads.append(Jsonb(plain[1]))
+        logs.append(log_tail(plain[2]))
+        metrics.append(Jsonb(plain[3]))
+    if len(set(tokens)) != len(tokens):
+        return None
+    leases = run_rows(_NODES_OF_LEASES, {"tokens": tokens})
+    if not leases or len(leases) != len(tokens) or len({row[1:] for row in leases}) != 1:
+        return None  # an unknown token, or more than one node or lane: the full path
+    _, version_id, node_id, lane, config_hash, dag = leases[0]
+    output = node_map_of(version_id, config_hash)[node_id].get("output") or {}
+    if not output.get("dataset") or output.get("update_strategy") == "replace":
+        return None
+    event_ids = [uuid.uuid4() for _ in tokens]
+    completed = run_rows(
+        _COMPLETE,
+        {
+            "tokens": tokens,
+            "event_ids": event_ids,
+            "payloads": payloads,
+            "logs": logs,
+            "metrics": metrics,
+            "now": timezone.now(),
+            "version_id": version_id,
+            "node_id": node_id,
+            "lane": lane,
+            "org_id": None if principal.org is None else principal.org.pk,
+            "output": output["dataset"],
+            "dag": dag,
+            "channel": CHANNEL,
+        },
+    )
+    if completed is None:
+        return None
+    index_of = {token: index for index, token in enumerate(tokens)}
+    return {
+        index_of[token]: {
+            "task_id": str(task_id),
+            "state": "succeeded",
+            "event": {"id": str(event_ids[index_of[token]])},
+        }
+        for token, task_id, _ in completed
+    }
+
+
+def _plain_completion(item: Any) -> tuple[str, dict, str | None, dict] | None:
+    """(lease token, payload, logs, metrics) of a completion the lean path may record."""
     if not isinstance(item, dict) or not item.keys() <= LEAN_FIELDS:
         return None
     token, logs = item.get("lease_token"), item.get("logs")
     payload, metrics = item.get("payload") or {}, item.get("metrics") or {}
     if not (isinstance(token, str) and token and isinstance(logs, str | None)):
         return None
-    if item.get("outputs") not in (None, []) or not isinstance(payload, dict):
+    if item.get("outputs") not in (None, []):
         return None
-    if not isinstance(metrics, dict):
+    if not (isinstance(payload, dict) and isinstance(metrics, dict)):
         return None
-    lease = run_statement(_NODE_OF_LEASE, {"token": token})
-    if lease is None:
-        return None
-    version_id, node_id, config_hash, dag = lease
-    output = node_map_of(version_id, config_hash)[node_id].get("output") or {}
-    if not output.get("dataset") or output.get("update_strategy") == "replace":
-        return None
-    event_id = uuid.uuid4()
-    done = run_statement(
-        _COMPLETE,
-        {
-            "token": token,
-            "now": timezone.now(),
-            "version_id": version_id,
-            "node_id": node_id,
-            "org_id": org_id,
-            "output": output["dataset"],
-            "dag": dag,
-            "event_id": event_id,
-            "payload": Jsonb(payload),
-            "logs": log_tail(logs),
-            "metrics": Jsonb(metrics),
-            "channel": CHANNEL,
-        },
-    )
-    if done is None:
-        return None
-    return {"task_id": str(done[0]), "state": "succeeded", "event": {"id": str(event_id)}}
+    return token, payload, logs, metrics
