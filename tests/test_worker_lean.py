@@ -286,13 +286,12 @@ def test_a_batch_item_the_lean_path_did_not_complete_is_answered_alone(
     assert refused["task_id"] == expired["task"]["id"]
     assert Commit.objects.filter(producer_task_id=expired["task"]["id"]).count() == 0
     assert reconcile_lanes() == 0
-    # The same batch again: each item answered as before, nothing recorded twice.
-    again = lean_batch([live, expired, also_live])
-    assert again is not None and [r.get("state") for r in again["results"]] == [
-        "succeeded",
-        None,
-        "succeeded",
-    ]
+    # The same batch again: nothing for the lean path to complete, so the full path answers
+    # it, each item as before, and nothing is recorded twice.
+    assert lean_batch([live, expired, also_live]) is None
+    items = [body(lease) for lease in (live, expired, also_live)]
+    again = chain.post("/internal/task-complete", {"items": items}, format="json").json()
+    assert [r.get("state") for r in again["results"]] == ["succeeded", None, "succeeded"]
     assert Commit.objects.filter(producer_node="op1").count() == 2
 
 
@@ -495,3 +494,32 @@ def test_a_batch_fetch_is_leased_as_the_full_path_leases_it(
     assert again.json()["leases"] == []
     assert [r["code"] for r in again.json()["refused"]] == ["not_leasable"] * 3
     assert Attempt.objects.count() == 4 + 4  # op1's four and op2's four
+
+
+def test_a_postgres_output_takes_the_full_path_in_bulk(
+    settings, world: World, recorder: RecordingAdapter
+):
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    config = chain_config(name="pgc", nodes=1)
+    config["nodes"][1]["output"]["backend"] = "postgres"
+    deploy(world.acme, config)
+    _, key = org_services.worker_key_issue(org=world.acme, name="w")
+    client = worker_client(key)
+    events_ingest(
+        world.acme,
+        {
+            "events": [
+                {"dataset": "pgc.src", "idempotency_key": k, "range_start": 0, "range_end": 1}
+                for k in ("a", "b")
+            ]
+        },
+    )
+    fan_out_pending_events()
+    pair = [fetch(client, m).json() for m in recorder.take("op1")]
+    assert lean_batch(pair) is None  # the statement writes parquet outputs only
+    assert lean(pair[0]) is None
+    assert Commit.objects.count() == 0
+    items = [body(lease) for lease in pair]
+    response = client.post("/internal/task-complete", {"items": items}, format="json")
+    assert [r["state"] for r in response.json()["results"]] == ["succeeded"] * 2
+    assert Commit.objects.filter(producer_node="op1").count() == 2

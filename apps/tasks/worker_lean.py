@@ -391,8 +391,8 @@ def lean_task_complete(principal: WorkerPrincipal, body: bytes) -> Any:
 
 
 def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, Any] | None:
-    """Complete the plain items (all of them plain, of one node and lane, or None): the
-    answers of those completed, by index."""
+    """Complete the plain items (all of them plain, of one node and lane; else None): the
+    answers of those completed, by index, or None when none was."""
     tokens, payloads, logs, metrics = [], [], [], []
     for item in items:
         plain = _plain_completion(item)
@@ -430,8 +430,8 @@ def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, A
             "channel": CHANNEL,
         },
     )
-    if completed is None:
-        return None
+    if not completed:  # none was live, or the output is not what the statement writes
+        return None  # (a postgres dataset): the full path takes the whole call, in bulk
     index_of = {token: index for index, token in enumerate(tokens)}
     return {
         index_of[token]: {
