@@ -219,6 +219,52 @@ def test_attempt_timeout(world, chain, recorder):
     assert Task.objects.get(pk=lease["task"]["id"]).state == "retry_wait"
 
 
+def test_the_reaper_retries_with_the_nodes_backoff_or_fails(world: World, recorder):
+    """On PostgreSQL one statement does what the locked-rows path does elsewhere; the smoke
+    run holds the SQLite path to the same outcomes."""
+    config = chain_config(nodes=1)
+    config["nodes"][1]["retry"] = {"max_attempts": 3, "backoff_s": 10, "max_backoff_s": 15}
+    deploy(world.acme, config)
+    _, key = org_services.worker_key_issue(org=world.acme, name="w")
+    client = worker_client(key)
+    for i in range(4):
+        post_event(world, key=f"e{i}")
+    first, second, spent, late = [fetch(client, m).json() for m in recorder.take("op1")]
+    past = timezone.now() - dt.timedelta(seconds=1)
+    Task.objects.filter(pk__in=[first["task"]["id"], spent["task"]["id"]]).update(
+        lease_expires_at=past
+    )
+    Task.objects.filter(pk=second["task"]["id"]).update(attempt=2, lease_expires_at=past)
+    Task.objects.filter(pk=spent["task"]["id"]).update(attempt=3)
+    Task.objects.filter(pk=late["task"]["id"]).update(deadline_at=past)
+    before = timezone.now()
+    assert reaper.reap_expired_leases() == 3
+    after = timezone.now()
+
+    def task(lease: dict) -> Task:
+        return Task.objects.get(pk=lease["task"]["id"])
+
+    # Backoff base·2^(n-1), capped, times 0.5–1.0: 10 s after a first attempt, 15 after a second.
+    for lease, delay in ((first, 10), (second, 15)):
+        moved = task(lease)
+        assert moved.state == "retry_wait" and moved.lease_token is None
+        assert moved.finished_at is None and moved.error["type"] == "LeaseExpired"
+        low, high = delay * 0.5, delay * 1.0
+        assert before + dt.timedelta(seconds=low) <= moved.next_attempt_at
+        assert moved.next_attempt_at <= after + dt.timedelta(seconds=high)
+    failed = task(spent)
+    assert failed.state == "failed" and failed.finished_at is not None
+    assert failed.next_attempt_at is None and failed.lease_expires_at is None
+    outcomes = Attempt.objects.filter(outcome="lease_expired").values_list("error", flat=True)
+    assert [error["type"] for error in outcomes] == ["LeaseExpired"] * 3
+    assert reaper.reap_timeouts() == 1
+    assert task(late).state == "retry_wait"
+    assert Attempt.objects.get(task_id=late["task"]["id"]).outcome == "timed_out"
+    assert NodeLane.objects.get(node_id="op1", lane="live").in_flight == 0
+    assert reaper.reconcile_lanes() == 0
+    assert reaper.reap_expired_leases() == 0  # nothing twice
+
+
 def test_heartbeat_extends_the_lease(world, chain, recorder):
     post_event(world)
     lease = fetch(chain, recorder.take("op1")[0]).json()

@@ -13,6 +13,7 @@ counters and the task states cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import threading
 import uuid
@@ -331,6 +332,83 @@ def task_attempts_ended_many(
     for (version_id, node_id, _), group in waiting.items():
         delay = backoff_delay(group[0], retry_of.get((version_id, node_id), {}))
         move_many(group, S.RETRY_WAIT, **_ended(error=error, next_attempt_at=now + delay))
+
+
+# `task_attempts_ended_many` for a whole reaper batch as one statement (PostgreSQL): lock up
+# to `limit` running tasks past `{column}` (SKIP LOCKED), end their current attempts, and move
+# each to retry_wait with its node's backoff (base·2^(n-1), capped, times a random 0.5-1.0,
+# per task) or to failed when its attempts are spent. The retry config is read from the
+# version's node list (DESIGN.md's `retry`, defaults as `backoff_delay`'s). Answers how many
+# left each lane's in-flight count.
+_END_RUNNING = """
+WITH picked AS (
+    SELECT id, lease_token, dag_version_id, node_id, lane,
+        attempt - attempts_base AS used, max_attempts
+    FROM tasks WHERE state = 'running' AND {column} < %(now)s
+    ORDER BY {column} LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), retry AS MATERIALIZED (  -- once per (version, node), not once per task
+    SELECT pair.dag_version_id, pair.node_id,
+        COALESCE((node.spec->'retry'->>'backoff_s')::float8, 5) AS base,
+        COALESCE((node.spec->'retry'->>'max_backoff_s')::float8, 300) AS cap
+    FROM (SELECT DISTINCT dag_version_id, node_id FROM picked) pair
+    JOIN dag_versions v ON v.id = pair.dag_version_id
+    LEFT JOIN LATERAL (
+        SELECT n AS spec FROM json_array_elements(v.config->'nodes') n
+        WHERE n->>'id' = pair.node_id LIMIT 1
+    ) node ON true
+), ended AS (
+    UPDATE task_attempts a SET outcome = %(outcome)s, ended_at = %(now)s,
+        error = %(error)s::jsonb
+    FROM picked p WHERE a.lease_token = p.lease_token AND a.outcome = ''
+), moved AS (
+    UPDATE tasks t SET
+        state = CASE WHEN p.used < p.max_attempts THEN 'retry_wait' ELSE 'failed' END,
+        lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL,
+        error = %(error)s::jsonb,
+        next_attempt_at = CASE WHEN p.used < p.max_attempts
+            THEN %(now)s + make_interval(secs => LEAST(r.cap, r.base * power(2, GREATEST(
+                p.used - 1, 0))) * (0.5 + random() * 0.5))
+            ELSE t.next_attempt_at END,
+        finished_at = CASE WHEN p.used < p.max_attempts THEN t.finished_at ELSE %(now)s END
+    FROM picked p JOIN retry r ON r.dag_version_id = p.dag_version_id AND r.node_id = p.node_id
+    WHERE t.id = p.id AND t.state = 'running'
+    RETURNING p.dag_version_id, p.node_id, p.lane
+)
+SELECT dag_version_id, node_id, lane, count(*) FROM moved GROUP BY 1, 2, 3
+"""
+
+
+def task_attempts_end_overdue(
+    column: str, limit: int, *, outcome: str, error: dict[str, Any]
+) -> int:
+    """running -> retry_wait | failed for up to `limit` tasks whose `column` (the lease's or
+    the attempt's deadline) has passed, with their attempts ended as `outcome`, in one
+    statement (PostgreSQL; the caller holds a `counted_atomic`). Returns how many moved."""
+    assert column in ("lease_expires_at", "deadline_at")
+    assert {S.RETRY_WAIT, S.FAILED} <= ALLOWED[S.RUNNING]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _END_RUNNING.format(column=column),
+            {
+                "now": timezone.now(),
+                "limit": limit,
+                "outcome": outcome,
+                "error": json.dumps(error),
+            },
+        )
+        moved = cursor.fetchall()
+    before, after = _weight(S.RUNNING), _weight(S.RETRY_WAIT)
+    assert _weight(S.FAILED) == after
+    for version_id, node_id, lane, count in moved:
+        bump_lane(
+            version_id,
+            node_id,
+            lane,
+            (after[0] - before[0]) * count,
+            (after[1] - before[1]) * count,
+        )
+    return sum(row[3] for row in moved)
 
 
 def task_release_many(tasks: list[Task]) -> list[Task]:
