@@ -5,9 +5,11 @@
     pending -> skipped_memoized;  failed | canceled -> pending (retry by hand)
 
 Every transition goes through `_move` (one task, a row the caller locked) or `move_many`
-(rows the caller locked, moved with a conditional UPDATE per group). Both refuse illegal
-moves and adjust the (version, node, lane) counter rows in the same transaction, so the
-counters and the task states cannot drift apart.
+(rows the caller locked, moved with a conditional UPDATE per group); the Reaper's batch of
+overdue attempts, on PostgreSQL, through `task_attempts_end_overdue` (one statement that
+locks its rows SKIP LOCKED and moves them only from `running`). All refuse illegal moves and
+adjust the (version, node, lane) counter rows in the same transaction, so the counters and
+the task states cannot drift apart.
 """
 
 from __future__ import annotations
