@@ -117,6 +117,12 @@ def bump_lane(version_id: int, node_id: str, lane: str, pending: int, in_flight:
         _apply({(version_id, node_id, lane): [pending, in_flight]})
 
 
+def _count_moves(key: LaneKey, from_state: str, to: str, count: int) -> None:
+    """Adjust one lane's counters for `count` of its tasks moved `from_state` -> `to`."""
+    before, after = _weight(from_state), _weight(to)
+    bump_lane(*key, (after[0] - before[0]) * count, (after[1] - before[1]) * count)
+
+
 def _check(task: Task, to: str) -> None:
     if to not in ALLOWED[task.state]:
         raise IllegalTransition(f"Task {task.id} cannot go from {task.state} to {to}.")
@@ -125,14 +131,10 @@ def _check(task: Task, to: str) -> None:
 def _move(task: Task, to: str, **fields: Any) -> Task:
     """Move one locked task; `fields` are set with the state."""
     _check(task, to)
-    before = _weight(task.state)
     updated = Task.objects.filter(pk=task.pk, state=task.state).update(state=to, **fields)
     if updated != 1:  # the caller did not hold the lock: never overwrite a concurrent move
         raise IllegalTransition(f"Task {task.id} changed state concurrently.")
-    after = _weight(to)
-    bump_lane(
-        task.dag_version_id, task.node_id, task.lane, after[0] - before[0], after[1] - before[1]
-    )
+    _count_moves((task.dag_version_id, task.node_id, task.lane), task.state, to, 1)
     task.state = to
     for name, value in fields.items():
         setattr(task, name, value)
@@ -172,14 +174,7 @@ def _move_groups(
             updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **shared)
         if updated != len(ids):
             raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
-        before, after = _weight(state), _weight(to)
-        bump_lane(
-            version_id,
-            node_id,
-            lane,
-            (after[0] - before[0]) * updated,
-            (after[1] - before[1]) * updated,
-        )
+        _count_moves((version_id, node_id, lane), state, to, updated)
         for task in members:
             task.state = to
             for name, value in {**shared, **own.get(task.pk, {})}.items():
@@ -244,14 +239,7 @@ def task_claim_pending(version_id: int, node_id: str, lane: str, limit: int) -> 
     id_field = Task._meta.pk
     assert id_field is not None
     claimed = [ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2])) for row in rows]
-    before, after = _weight(S.PENDING), _weight(S.QUEUED)
-    bump_lane(
-        version_id,
-        node_id,
-        lane,
-        (after[0] - before[0]) * len(claimed),
-        (after[1] - before[1]) * len(claimed),
-    )
+    _count_moves((version_id, node_id, lane), S.PENDING, S.QUEUED, len(claimed))
     return claimed
 
 
@@ -400,16 +388,9 @@ def task_attempts_end_overdue(
             },
         )
         moved = cursor.fetchall()
-    before, after = _weight(S.RUNNING), _weight(S.RETRY_WAIT)
-    assert _weight(S.FAILED) == after
+    assert _weight(S.FAILED) == _weight(S.RETRY_WAIT)  # either way, the same counts
     for version_id, node_id, lane, count in moved:
-        bump_lane(
-            version_id,
-            node_id,
-            lane,
-            (after[0] - before[0]) * count,
-            (after[1] - before[1]) * count,
-        )
+        _count_moves((version_id, node_id, lane), S.RUNNING, S.RETRY_WAIT, count)
     return sum(row[3] for row in moved)
 
 
