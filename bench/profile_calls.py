@@ -193,6 +193,9 @@ def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
     from apps.tasks.ingest import events_ingest
     from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
 
+    def caller() -> Any:
+        return pool
+
     def body(value: dict[str, Any]) -> bytes:
         return json.dumps(value).encode()
 
@@ -210,13 +213,13 @@ def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
         leases: list[dict[str, Any]] = []
         measure(
             "lean task-fetch, 1 task",
-            lambda i: leases.append(lean_task_fetch(pool, body(singles[i]))),
+            lambda i: leases.append(lean_task_fetch(caller, body(singles[i]))),
             len(singles),
             table,
         )
         measure(
             "lean task-complete, 1 task",
-            lambda i: lean_task_complete(pool, body(completion(leases[i]))),
+            lambda i: lean_task_complete(caller, body(completion(leases[i]))),
             len(leases),
             table,
         )
@@ -228,7 +231,7 @@ def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
         measure(
             "lean task-fetch, 100 tasks",
             lambda i: fetched.append(
-                lean_task_fetch(pool, body({"tasks": batches[i], "worker_id": "w"}))["leases"]
+                lean_task_fetch(caller, body({"tasks": batches[i], "worker_id": "w"}))["leases"]
             ),
             len(batches),
             table,
@@ -236,7 +239,7 @@ def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
         measure(
             "lean task-complete, 100 tasks",
             lambda i: lean_task_complete(
-                pool, body({"items": [completion(lease) for lease in fetched[i]]})
+                caller, body({"items": [completion(lease) for lease in fetched[i]]})
             ),
             len(fetched),
             table,

@@ -23,12 +23,16 @@ from apps.tasks.ingest import events_ingest
 from apps.tasks.models import Attempt, Event, Task, TaskInput
 from apps.tasks.reaper import reconcile_lanes
 from apps.tasks.triggers import Wakeups
-from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
+from apps.tasks.worker_lean import Principal, lean_task_complete, lean_task_fetch
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, deploy, fetch, worker_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 POOL = WorkerPrincipal(org=None, key_id=None)
+
+
+def as_caller(principal: WorkerPrincipal) -> Principal:
+    return lambda: principal
 
 
 @pytest.fixture
@@ -69,7 +73,7 @@ def body(lease: dict, **extra: Any) -> dict[str, Any]:
 
 
 def lean(lease: dict, principal: WorkerPrincipal = POOL, **extra: Any) -> dict[str, Any] | None:
-    return lean_task_complete(principal, json.dumps(body(lease, **extra)).encode())
+    return lean_task_complete(as_caller(principal), json.dumps(body(lease, **extra)).encode())
 
 
 def recorded(task_id: str) -> dict[str, Any]:
@@ -224,14 +228,33 @@ def test_outputs_and_other_nodes_take_the_full_path(
     [lease] = leases(world, chain, recorder, 1)
     named = {"outputs": [{"dataset": "chain.op1", "files": []}]}
     _nothing_written(lease, named)
-    assert lean_task_complete(POOL, b"[1]") is None
-    assert lean_task_complete(POOL, b"{not json") is None
-    assert lean_task_complete(POOL, b'{"lease_token": "nobody holds this"}') is None
+    assert lean_task_complete(as_caller(POOL), b"[1]") is None
+    assert lean_task_complete(as_caller(POOL), b"{not json") is None
+    assert lean_task_complete(as_caller(POOL), b'{"lease_token": "nobody holds this"}') is None
+
+
+def test_a_call_the_lean_path_declines_unread_is_not_authenticated_twice(
+    world: World, chain: APIClient, recorder: RecordingAdapter
+):
+    """A completion naming files (every operator that writes) goes to the full path before
+    the lean path asks who the caller is: the worker key is looked up once, by the full path."""
+    [lease] = leases(world, chain, recorder, 1)
+    asked: list[bool] = []
+
+    def caller() -> WorkerPrincipal:
+        asked.append(True)
+        return POOL
+
+    files = {"outputs": [{"dataset": "chain.op1", "files": [{"path": "x"}]}]}
+    for form in (body(lease, **files), {"items": [body(lease, **files)]}):
+        assert lean_task_complete(caller, json.dumps(form).encode()) is None
+    assert asked == []
+    assert lean(lease) is not None  # a plain one asks (once per call) and completes
 
 
 def lean_batch(leases_: list[dict], **extra: Any) -> dict[str, Any] | None:
     items = [body(lease, **extra) for lease in leases_]
-    return lean_task_complete(POOL, json.dumps({"items": items}).encode())
+    return lean_task_complete(as_caller(POOL), json.dumps({"items": items}).encode())
 
 
 def test_a_batch_is_recorded_as_the_full_path_records_it(
@@ -302,10 +325,10 @@ def test_a_batch_the_lean_path_may_not_record_takes_the_full_path(
     commits = Commit.objects.count()
     assert lean_batch([one, one]) is None  # a repeated token
     assert lean_batch([one, other], outputs=[{"dataset": "chain.op1", "files": []}]) is None
-    assert lean_task_complete(POOL, b'{"items": []}') is None
-    assert lean_task_complete(POOL, b'{"items": [1]}') is None
+    assert lean_task_complete(as_caller(POOL), b'{"items": []}') is None
+    assert lean_task_complete(as_caller(POOL), b'{"items": [1]}') is None
     too_many = json.dumps({"items": [body(one)] * 101}).encode()
-    assert lean_task_complete(POOL, too_many) is None
+    assert lean_task_complete(as_caller(POOL), too_many) is None
     Task.objects.filter(pk=other["task"]["id"]).update(lane="backfill")  # two lanes
     assert lean_batch([one, other]) is None
     assert Commit.objects.count() == commits
@@ -324,7 +347,9 @@ def op2_messages(world: World, chain: APIClient, recorder: RecordingAdapter, n: 
 
 def lean_fetch(message: dict, principal: WorkerPrincipal = POOL, **extra: Any) -> dict | None:
     body = {"task_id": message["task_id"], "dispatch_token": message["dispatch_token"]}
-    return lean_task_fetch(principal, json.dumps({**body, "worker_id": "w9", **extra}).encode())
+    return lean_task_fetch(
+        as_caller(principal), json.dumps({**body, "worker_id": "w9", **extra}).encode()
+    )
 
 
 def _masked(lease: dict) -> dict:
@@ -416,7 +441,7 @@ def test_a_fetch_the_lean_path_may_not_make_takes_the_full_path(
     )  # another org's task
     assert lean_fetch(message, colour="red") is None
     assert lean_fetch({**message, "task_id": "not-a-uuid"}) is None
-    assert lean_task_fetch(POOL, b"[]") is None
+    assert lean_task_fetch(as_caller(POOL), b"[]") is None
     assert Attempt.objects.count() == 0 and Task.objects.get(pk=message["task_id"]).attempt == 0
     assert lean_fetch(message) is not None
     assert lean_fetch(message) is None  # leased once
@@ -451,7 +476,7 @@ def test_a_fetch_that_loses_the_race_between_its_statements_leases_nothing(
     racing.append(second)
     # In a batch, the raced task is refused (by the full path) and the other one leased.
     batch = {"tasks": [{k: m[k] for k in ("task_id", "dispatch_token")} for m in (second, third)]}
-    answer = lean_task_fetch(POOL, json.dumps({**batch, "worker_id": "w9"}).encode())
+    answer = lean_task_fetch(as_caller(POOL), json.dumps({**batch, "worker_id": "w9"}).encode())
     assert answer is not None
     assert [lease["task"]["id"] for lease in answer["leases"]] == [third["task_id"]]
     assert answer["refused"] == [{"task_id": second["task_id"], "code": "not_leasable"}]

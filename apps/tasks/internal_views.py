@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from apps.orgs.errors import SluiceError, ValidationFailed
 from apps.tasks import worker_api
 from apps.tasks.lean import lean_json_request
 from apps.tasks.worker_api import MAX_BATCH
-from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
+from apps.tasks.worker_lean import Principal, lean_task_complete, lean_task_fetch
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -69,20 +70,21 @@ def _run_batch(
     return results
 
 
-def _lean(
-    request: HttpRequest, call: Callable[[WorkerPrincipal, bytes], Any]
-) -> HttpResponse | None:
+def _lean(request: HttpRequest, call: Callable[[Principal, bytes], Any]) -> HttpResponse | None:
     """A plain call answered over a lean path (`worker_lean`), or None."""
     lean = lean_json_request(request)
     if lean is None:
         return None
-    try:
-        authenticated = WorkerKeyAuthentication().authenticate(request)  # type: ignore[arg-type]
-    except AuthenticationFailed:  # the full path answers 401
-        return None
-    if authenticated is None:
-        return None
-    answer = call(authenticated[0], lean[1])
+
+    @functools.cache
+    def principal() -> WorkerPrincipal | None:
+        try:
+            authenticated = WorkerKeyAuthentication().authenticate(request)  # type: ignore[arg-type]
+        except AuthenticationFailed:  # the full path answers 401
+            return None
+        return authenticated[0] if authenticated else None
+
+    answer = call(principal, lean[1])
     if answer is None:
         return None
     return HttpResponse(json.dumps(answer), content_type="application/json")

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.utils import timezone
@@ -46,6 +47,10 @@ from apps.tasks.worker_api import (
 )
 
 # A dispatch message names the attempt too; the fetch reads only the id and the token.
+# The caller's principal, authenticated on first use (and then kept): a call the lean path
+# hands to the full path before needing it is authenticated there, once.
+Principal = Callable[[], WorkerPrincipal | None]
+
 FETCH_ITEM_FIELDS = frozenset({"task_id", "dispatch_token", "attempt"})
 
 # Everything a lease body tells of the task, its version, its input event and that event's
@@ -187,7 +192,7 @@ FROM numbered n JOIN succeeded s ON s.id = n.task_id
 """
 
 
-def lean_task_fetch(principal: WorkerPrincipal, body: bytes) -> dict[str, Any] | None:
+def lean_task_fetch(principal: Principal, body: bytes) -> dict[str, Any] | None:
     """`POST /internal/task-fetch`'s answer for `body` (the single or the batch form), or
     None: take the full path. In a batch, a task leased by another fetch between the lean
     path's two statements is answered by the full path."""
@@ -214,8 +219,8 @@ def lean_task_fetch(principal: WorkerPrincipal, body: bytes) -> dict[str, Any] |
     leased = _lease_plain(principal, items, worker_id)
     if leased is None:
         return None
-    bodies, leftovers = leased
-    results = task_fetch_many(principal, leftovers, worker_id) if leftovers else []
+    bodies, leftovers, caller = leased
+    results = task_fetch_many(caller, leftovers, worker_id) if leftovers else []
     return {
         "leases": bodies + [r for r in results if "code" not in r],
         "refused": [
@@ -225,11 +230,11 @@ def lean_task_fetch(principal: WorkerPrincipal, body: bytes) -> dict[str, Any] |
 
 
 def _lease_plain(
-    principal: WorkerPrincipal, items: list[Any], worker_id: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """Lease the tasks of `items` (each plain, queued, of this principal's orgs, its token the
-    dispatch's, its node naming no secrets; else None): their lease bodies, and the items
-    whose task another fetch moved meanwhile."""
+    principal: Principal, items: list[Any], worker_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], WorkerPrincipal] | None:
+    """Lease the tasks of `items` (each plain, queued, of the caller's orgs, its token the
+    dispatch's, its node naming no secrets; else None): their lease bodies, the items whose
+    task another fetch moved meanwhile, and the caller."""
     wanted: dict[uuid.UUID, dict[str, Any]] = {}
     for item in items:
         if not isinstance(item, dict) or not item.keys() <= FETCH_ITEM_FIELDS:
@@ -242,12 +247,13 @@ def _lease_plain(
             return None
         wanted[task_id] = item
     rows = run_rows(_TASK_TO_LEASE, {"task_ids": list(wanted)})
-    if rows is None or len(rows) != len(wanted):
+    caller = principal()
+    if rows is None or len(rows) != len(wanted) or caller is None:
         return None
     tasks: dict[uuid.UUID, tuple[Any, ...]] = {}
     for row in rows:
         task_id, state, dispatch_count, task_org = row[:4]
-        if state != "queued" or (principal.org is not None and principal.org.pk != task_org):
+        if state != "queued" or (caller.org is not None and caller.org.pk != task_org):
             return None
         token = wanted[task_id]["dispatch_token"]
         if not secrets.compare_digest(token, dispatch_token(task_id, dispatch_count)):
@@ -283,7 +289,7 @@ def _lease_plain(
         for task_id in wanted
         if task_id in outputs
     ]
-    return bodies, [item for task_id, item in wanted.items() if task_id not in outputs]
+    return bodies, [item for task_id, item in wanted.items() if task_id not in outputs], caller
 
 
 def _lease_body_of(
@@ -359,7 +365,7 @@ def _input_event(
     return event
 
 
-def lean_task_complete(principal: WorkerPrincipal, body: bytes) -> Any:
+def lean_task_complete(principal: Principal, body: bytes) -> Any:
     """`POST /internal/task-complete`'s answer for `body` (the single or the batch form), or
     None: take the full path. In a batch, an item the lean statement did not complete (its
     lease is not live, or it is a repeat) is answered by the full path on its own."""
@@ -380,17 +386,18 @@ def lean_task_complete(principal: WorkerPrincipal, body: bytes) -> Any:
     if not 0 < len(items) <= MAX_BATCH:
         return None
     done = _complete_plain(principal, items)
-    if done is None:
+    caller = principal() if done is not None else None  # authenticated by then (and kept)
+    if done is None or caller is None:
         return None
     return {
         "results": [
-            done[index] if index in done else complete_alone(principal, item, index)
+            done[index] if index in done else complete_alone(caller, item, index)
             for index, item in enumerate(items)
         ]
     }
 
 
-def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, Any] | None:
+def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | None:
     """Complete the plain items (all of them plain, of one node and lane; else None): the
     answers of those completed, by index, or None when none was."""
     tokens, payloads, logs, metrics = [], [], [], []
@@ -402,7 +409,8 @@ def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, A
         payloads.append(Jsonb(plain[1]))
         logs.append(log_tail(plain[2]))
         metrics.append(Jsonb(plain[3]))
-    if len(set(tokens)) != len(tokens):
+    caller = principal()  # only now: a call the full path takes is authenticated there, once
+    if len(set(tokens)) != len(tokens) or caller is None:
         return None
     leases = run_rows(_NODES_OF_LEASES, {"tokens": tokens})
     if not leases or len(leases) != len(tokens) or len({row[1:] for row in leases}) != 1:
@@ -424,7 +432,7 @@ def _complete_plain(principal: WorkerPrincipal, items: list[Any]) -> dict[int, A
             "version_id": version_id,
             "node_id": node_id,
             "lane": lane,
-            "org_id": None if principal.org is None else principal.org.pk,
+            "org_id": None if caller.org is None else caller.org.pk,
             "output": output["dataset"],
             "dag": dag,
             "channel": CHANNEL,
