@@ -6,6 +6,7 @@ stay the API's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -63,3 +64,27 @@ def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     """`run_rows`' first row, or None (no row, or no connection)."""
     rows = run_rows(sql, params)
     return rows[0] if rows else None
+
+
+@dataclass(frozen=True)
+class KeyedRead:
+    """A read of the rows matching a list of keys, as two prepared statements: `key = $1` for
+    one key and `key = ANY($1)` for more. PostgreSQL keeps a generic plan of the first; for
+    the second it plans every call again (a generic plan cannot know the array's length), and
+    planning the lean reads' joins took ~0.3 ms against ~0.05 ms to run them."""
+
+    one: str
+    many: str
+
+    @classmethod
+    def matching(cls, template: str) -> KeyedRead:
+        """`template` with `{match}` where the key's comparison goes."""
+        return cls(
+            template.replace("{match}", "= %(keys)s"),
+            template.replace("{match}", "= ANY(%(keys)s)"),
+        )
+
+    def rows(self, keys: list[Any]) -> list[tuple[Any, ...]] | None:
+        if len(keys) == 1:
+            return run_rows(self.one, {"keys": keys[0]})
+        return run_rows(self.many, {"keys": keys})

@@ -228,11 +228,14 @@ class Task(models.Model):
             ),
             models.Index(fields=["queued_at"], condition=Q(state="queued"), name="task_queued_idx"),
             models.Index(fields=["org", "-created_at"], name="task_org_recent_idx"),
-            # Without the succeeded tasks, nearly all of them: completing a task writes no
-            # entry here, and a list of an org's succeeded tasks walks task_org_recent_idx.
+            # Without the succeeded tasks, nearly all of them (a list of an org's succeeded
+            # tasks walks task_org_recent_idx), nor the passing states that have their own
+            # partial index and last a bounded time (queued and running under the lane's
+            # cap, retry_wait up to the node's max backoff): a claim, a fetch and a reaped
+            # lease write no entry here.
             models.Index(
                 fields=["org", "state", "-created_at"],
-                condition=~Q(state="succeeded"),
+                condition=~Q(state__in=["succeeded", "queued", "running", "retry_wait"]),
                 name="task_org_state_idx",
             ),
             # Partial wherever the column is mostly empty: a state change then writes no

@@ -189,7 +189,6 @@ def reconcile_lanes(limit: int = 1000) -> int:
         with counted_atomic():
             locked = (
                 NodeLane.objects.select_for_update(skip_locked=True, of=("self",))
-                .select_related("dag_version__dag")
                 .filter(pk=lane.pk)
                 .first()
             )
@@ -198,14 +197,13 @@ def reconcile_lanes(limit: int = 1000) -> int:
             lane_tasks = Task.objects.filter(
                 dag_version_id=locked.dag_version_id, node_id=locked.node_id, lane=locked.lane
             )
-            # Two counts, each on its own index: pending tasks on the claim index, in-flight
-            # ones (few, under the caps) among the org's unfinished tasks.
+            # A count per state, each on its state's partial index: pending tasks on the
+            # claim index, in-flight ones (few, under the caps) on the queued and lease ones.
             counts = {
                 "pending": lane_tasks.filter(state=TaskState.PENDING).count(),
-                "in_flight": lane_tasks.filter(
-                    org_id=locked.dag_version.dag.org_id,
-                    state__in=IN_FLIGHT_STATES,
-                ).count(),
+                "in_flight": sum(
+                    lane_tasks.filter(state=state).count() for state in sorted(IN_FLIGHT_STATES)
+                ),
             }
             if (counts["pending"], counts["in_flight"]) != (locked.pending, locked.in_flight):
                 NodeLane.objects.filter(pk=locked.pk).update(**counts)

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from apps.dags.models import Dag, DagVersion, node_map_of
 from apps.datasets.models import Commit, Dataset
 from apps.orgs.authentication import WorkerPrincipal
-from apps.tasks.lean import lean_possible, run_rows
+from apps.tasks.lean import KeyedRead, lean_possible, run_rows
 from apps.tasks.models import Event, Task
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import CHANNEL
@@ -56,7 +56,7 @@ FETCH_ITEM_FIELDS = frozenset({"task_id", "dispatch_token", "attempt"})
 # Everything a lease body tells of the task, its version, its input event and that event's
 # commit and dataset; read without a lock: the move below is conditional on what was read.
 # JSON columns come as text, decoded here (whatever loaders the connection has).
-_TASK_TO_LEASE = """
+_TASK_TO_LEASE = KeyedRead.matching("""
 SELECT t.id, t.state, t.dispatch_count, t.org_id, t.dag_version_id, t.node_id, t.max_attempts,
     t.mode, t.lane, v.config_hash, v.number, g.name,
     e.id, e.kind, e.dataset_id, e.range_start, e.range_end, e.event_time, e.mode,
@@ -67,8 +67,8 @@ JOIN dags g ON g.id = v.dag_id
 JOIN events e ON e.id = t.event_id
 LEFT JOIN dataset_commits c ON c.id = e.commit_id
 LEFT JOIN datasets d ON d.id = c.dataset_id
-WHERE t.id = ANY(%(task_ids)s)
-"""
+WHERE t.id {match}
+""")
 
 # queued -> running (`lifecycle.task_start_many`'s fields; both states count as in flight,
 # so no lane counter moves), only for the dispatch whose token was checked; then the attempts
@@ -99,14 +99,14 @@ LEFT JOIN datasets d ON d.org_id = s.org_id AND d.dataset_id = s.output
 
 LEAN_FIELDS = frozenset({"lease_token", "outputs", "logs", "metrics", "payload"})
 
-_NODES_OF_LEASES = """
+_NODES_OF_LEASES = KeyedRead.matching("""
 SELECT a.lease_token, t.dag_version_id, t.node_id, t.lane, v.config_hash, g.name
 FROM task_attempts a
 JOIN tasks t ON t.id = a.task_id
 JOIN dag_versions v ON v.id = t.dag_version_id
 JOIN dags g ON g.id = v.dag_id
-WHERE a.lease_token = ANY(%(tokens)s)
-"""
+WHERE a.lease_token {match}
+""")
 
 # `held` locks the attempts and their tasks (in task order; attempt and task together, the
 # order the full path locks them in) only while each lease is live; every write below hangs
@@ -246,7 +246,7 @@ def _lease_plain(
         if task_id in wanted or not isinstance(item.get("dispatch_token"), str):
             return None
         wanted[task_id] = item
-    rows = run_rows(_TASK_TO_LEASE, {"task_ids": list(wanted)})
+    rows = _TASK_TO_LEASE.rows(list(wanted))
     caller = principal()
     if rows is None or len(rows) != len(wanted) or caller is None:
         return None
@@ -412,7 +412,7 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
     caller = principal()  # only now: a call the full path takes is authenticated there, once
     if len(set(tokens)) != len(tokens) or caller is None:
         return None
-    leases = run_rows(_NODES_OF_LEASES, {"tokens": tokens})
+    leases = _NODES_OF_LEASES.rows(tokens)
     if not leases or len(leases) != len(tokens) or len({row[1:] for row in leases}) != 1:
         return None  # an unknown token, or more than one node or lane: the full path
     _, version_id, node_id, lane, config_hash, dag = leases[0]
