@@ -36,7 +36,12 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def generation_prefix(dataset: Dataset, generation: int) -> str:
-    return f"{storage_root()}/{dataset.storage_prefix}/g{generation}"
+    return prefix_of_generation(dataset.storage_prefix, generation)
+
+
+def prefix_of_generation(storage_prefix: str, generation: int) -> str:
+    """`generation_prefix` from the dataset's `storage_prefix` alone."""
+    return f"{storage_root()}/{storage_prefix}/g{generation}"
 
 
 def landing_prefix(dataset: Dataset) -> str:

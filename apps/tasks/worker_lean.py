@@ -30,19 +30,21 @@ from typing import Any
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from apps.dags.models import Dag, DagVersion, node_map_of
-from apps.datasets.models import Commit, Dataset
+from apps.dags.models import node_map_of
 from apps.orgs.authentication import WorkerPrincipal
 from apps.tasks.lean import KeyedRead, lean_possible, run_rows
-from apps.tasks.models import Event, Task
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import CHANNEL
 from apps.tasks.worker_api import (
     MAX_BATCH,
+    LeasedTask,
     complete_alone,
-    lease_body,
+    event_body_of,
+    input_dataset_body,
+    lease_body_of,
     lease_ttl_s,
     log_tail,
+    output_body,
     task_fetch_many,
 )
 
@@ -285,84 +287,62 @@ def _lease_plain(
         return None
     outputs = {row[0]: row[1:] for row in started}
     bodies = [
-        _lease_body_of(tasks[task_id], nodes[task_id], leases[task_id], expires, outputs[task_id])
+        _lease_body_from_rows(
+            tasks[task_id], nodes[task_id], leases[task_id], expires, outputs[task_id]
+        )
         for task_id in wanted
         if task_id in outputs
     ]
     return bodies, [item for task_id, item in wanted.items() if task_id not in outputs], caller
 
 
-def _lease_body_of(
+def _lease_body_from_rows(
     row: tuple[Any, ...],
     node: dict[str, Any],
     lease: str,
     expires: dt.datetime,
     started: tuple[Any, ...],
 ) -> dict[str, Any]:
-    """The full path's lease body (`lease_body`), from the rows the two statements read."""
-    task_id, _, _, task_org, version_id, node_id, max_attempts, mode, lane, *rest = row
-    config_hash, number, dag, *event_row = rest
-    new_attempt, output_id, backend, generation, schema, prefix = started
-    task = Task(
-        id=task_id,
-        org_id=task_org,
-        node_id=node_id,
-        attempt=new_attempt,
-        max_attempts=max_attempts,
-        mode=mode,
-        lane=lane,
-        lease_token=lease,
-        lease_expires_at=expires,
+    """The full path's lease body (`lease_body_of`), from the rows the two statements read."""
+    (task_id, _, _, _, _, node_id, max_attempts, mode, lane, _, number, dag) = row[:12]
+    (event_id, kind, dataset_id, range_start, range_end, event_time, event_mode, payload) = row[
+        12:20
+    ]
+    generation, seq, files, backend, schema = row[20:]
+    new_attempt, output_id, output_backend, output_generation, output_schema, prefix = started
+    version = None
+    input_datasets = []
+    if generation is not None and seq is not None and files and backend and schema:
+        version = f"{generation}.{seq}"
+        input_datasets.append(
+            input_dataset_body(dataset_id, version, backend, json.loads(schema), json.loads(files))
+        )
+    event = event_body_of(
+        event_id,
+        kind,
+        dataset_id,
+        version,
+        range_start,
+        range_end,
+        event_time,
+        event_mode,
+        json.loads(payload),
     )
-    task.dag_version = DagVersion(id=version_id, number=number, config_hash=config_hash)
-    task.dag_version.dag = Dag(name=dag)
-    task.event = _input_event(*event_row)
     output = None
     if output_id is not None:
-        output = Dataset(
-            id=output_id,
-            org_id=task_org,
-            dataset_id=node["output"]["dataset"],
-            backend=backend,
-            live_generation=generation,
-            schema=json.loads(schema),
-            storage_prefix=prefix,
+        output = output_body(
+            node["output"]["dataset"],
+            output_backend,
+            output_generation,
+            json.loads(output_schema),
+            prefix,
+            task_id,
+            new_attempt,
         )
-    return lease_body(task, node, {}, output)
-
-
-def _input_event(
-    event_id: uuid.UUID,
-    kind: str,
-    dataset_id: str,
-    range_start: str,
-    range_end: str,
-    event_time: dt.datetime,
-    mode: str,
-    payload: str,
-    generation: int | None,
-    seq: int | None,
-    files: str | None,
-    backend: str | None,
-    schema: str | None,
-) -> Event:
-    event = Event(
-        id=event_id,
-        kind=kind,
-        dataset_id=dataset_id,
-        range_start=range_start,
-        range_end=range_end,
-        event_time=event_time,
-        mode=mode,
-        payload=json.loads(payload),
+    leased = LeasedTask(
+        task_id, new_attempt, max_attempts, mode, lane, lease, expires, dag, number, node_id
     )
-    event.commit = None
-    if generation is not None and seq is not None and files and backend and schema:
-        event.commit = Commit(generation=generation, seq=seq, files=json.loads(files))
-        event.commit.dataset = Dataset(
-            dataset_id=dataset_id, backend=backend, schema=json.loads(schema)
-        )
-    return event
+    return lease_body_of(leased, node, event, input_datasets, output, {})
 
 
 def lean_task_complete(principal: Principal, body: bytes) -> Any:
