@@ -97,10 +97,13 @@ def _skip_memoized(tasks: list[NewTask]) -> None:
     keys = {t.memo_key for t in tasks if t.memo_key}
     if not keys:
         return
+    # `memo_key <> ''` spelled out: the partial index's predicate, which PostgreSQL cannot
+    # prove from a list of more than 100 keys (and then scanned the whole table).
     done = set(
-        Task.objects.filter(memo_key__in=keys, state=TaskState.SUCCEEDED).values_list(
-            "memo_key", flat=True
-        )
+        Task.objects.filter(memo_key__any=sorted(keys), state=TaskState.SUCCEEDED)
+        .exclude(memo_key="")
+        .order_by()
+        .values_list("memo_key", flat=True)
     )
     repeats = [t.id for t in tasks if t.memo_key in done]
     if repeats:  # rare: load the rows the move needs
