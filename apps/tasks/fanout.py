@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
@@ -92,19 +93,24 @@ def memo_key(consumer: Consumer, event: Event) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _skip_memoized(tasks: list[NewTask]) -> None:
-    """New tasks whose memo key already succeeded end as skipped_memoized, without running."""
-    keys = {t.memo_key for t in tasks if t.memo_key}
-    if not keys:
-        return
-    # `memo_key <> ''` spelled out: the partial index's predicate, which PostgreSQL cannot
-    # prove from a list of more than 100 keys (and then scanned the whole table).
-    done = set(
+def memoized(keys: Iterable[str]) -> QuerySet[Task, str]:
+    """The keys among `keys` that a succeeded task computed already, read on the memo index.
+    `memo_key <> ''` is spelled out: it is the index's predicate, which PostgreSQL cannot
+    prove from a list of more than 100 keys (it scanned the whole table instead)."""
+    return (
         Task.objects.filter(memo_key__any=sorted(keys), state=TaskState.SUCCEEDED)
         .exclude(memo_key="")
         .order_by()
         .values_list("memo_key", flat=True)
     )
+
+
+def _skip_memoized(tasks: list[NewTask]) -> None:
+    """New tasks whose memo key already succeeded end as skipped_memoized, without running."""
+    keys = {t.memo_key for t in tasks if t.memo_key}
+    if not keys:
+        return
+    done = set(memoized(keys))
     repeats = [t.id for t in tasks if t.memo_key in done]
     if repeats:  # rare: load the rows the move needs
         lifecycle.task_skip_memoized_many(list(Task.objects.filter(pk__in=repeats)))
