@@ -151,6 +151,13 @@ def main() -> None:
         table,
     )
 
+    measure(
+        "task_heartbeat(), 1 task",
+        lambda i: worker_api.task_heartbeat(pool, leases[i]["lease"]["token"], None),
+        len(leases),
+        table,
+    )
+
     def complete(i: int) -> None:
         lease = leases[i]
         worker_api.task_complete(
