@@ -86,6 +86,11 @@ class Generation(models.Model):
         return f"{self.dataset.dataset_id} g{self.number}"
 
 
+def commit_version(generation: int, seq: int) -> str:
+    """A commit's version as events carry it (D2): "<generation>.<seq>"."""
+    return f"{generation}.{seq}"
+
+
 class Commit(models.Model):
     """One write into a generation, numbered `seq` 1, 2, 3…; may hold 0 rows (D7).
 
@@ -127,4 +132,4 @@ class Commit(models.Model):
 
     @property
     def version(self) -> str:
-        return f"{self.generation}.{self.seq}"
+        return commit_version(self.generation, self.seq)

@@ -183,10 +183,15 @@ def _move_groups(
     return moved
 
 
+# A node's `retry` defaults (DESIGN.md), for `backoff_delay` and the reaper's statement.
+DEFAULT_BACKOFF_S = 5.0
+DEFAULT_MAX_BACKOFF_S = 300.0
+
+
 def backoff_delay(task: Task, retry: dict[str, Any]) -> dt.timedelta:
     """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5-1.0."""
-    base = float(retry.get("backoff_s", 5))
-    cap = float(retry.get("max_backoff_s", 300))
+    base = float(retry.get("backoff_s", DEFAULT_BACKOFF_S))
+    cap = float(retry.get("max_backoff_s", DEFAULT_MAX_BACKOFF_S))
     exponent = max(task.attempts_used - 1, 0)
     delay = min(cap, base * (2**exponent))
     return dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
@@ -328,7 +333,7 @@ def task_attempts_ended_many(
 # to `limit` running tasks past `{column}` (SKIP LOCKED), end their current attempts, and move
 # each to retry_wait with its node's backoff (base·2^(n-1), capped, times a random 0.5-1.0,
 # per task) or to failed when its attempts are spent. The retry config is read from the
-# version's node list (DESIGN.md's `retry`, defaults as `backoff_delay`'s). Answers how many
+# version's node list (DESIGN.md's `retry`, with `backoff_delay`'s defaults). Answers how many
 # left each lane's in-flight count.
 _END_RUNNING = """
 WITH picked AS (
@@ -339,8 +344,8 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), retry AS MATERIALIZED (  -- once per (version, node), not once per task
     SELECT pair.dag_version_id, pair.node_id,
-        COALESCE((node.spec->'retry'->>'backoff_s')::float8, 5) AS base,
-        COALESCE((node.spec->'retry'->>'max_backoff_s')::float8, 300) AS cap
+        COALESCE((node.spec->'retry'->>'backoff_s')::float8, %(backoff_s)s) AS base,
+        COALESCE((node.spec->'retry'->>'max_backoff_s')::float8, %(max_backoff_s)s) AS cap
     FROM (SELECT DISTINCT dag_version_id, node_id FROM picked) pair
     JOIN dag_versions v ON v.id = pair.dag_version_id
     LEFT JOIN LATERAL (
@@ -385,6 +390,8 @@ def task_attempts_end_overdue(
                 "limit": limit,
                 "outcome": outcome,
                 "error": json.dumps(error),
+                "backoff_s": DEFAULT_BACKOFF_S,
+                "max_backoff_s": DEFAULT_MAX_BACKOFF_S,
             },
         )
         moved = cursor.fetchall()

@@ -31,6 +31,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from apps.dags.models import node_map_of
+from apps.datasets.models import commit_version
 from apps.orgs.authentication import WorkerPrincipal
 from apps.tasks.lean import KeyedRead, lean_possible, run_rows
 from apps.tasks.runtimes import dispatch_token
@@ -313,7 +314,7 @@ def _lease_body_from_rows(
     version = None
     input_datasets = []
     if generation is not None and seq is not None and files and backend and schema:
-        version = f"{generation}.{seq}"
+        version = commit_version(generation, seq)
         input_datasets.append(
             input_dataset_body(dataset_id, version, backend, json.loads(schema), json.loads(files))
         )
