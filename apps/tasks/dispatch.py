@@ -21,7 +21,7 @@ from apps.dags.models import DagVersion, node_map_of
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
-from apps.tasks.runtimes import Dispatched, dispatch_token, runtimes
+from apps.tasks.runtimes import Dispatched, dispatch_token, runtimes, send_all
 
 logger = logging.getLogger(__name__)
 
@@ -96,21 +96,24 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
 
 
 def send(claims: list[Claim]) -> int:
-    """Send claimed tasks to their runtimes (outside any transaction); return how many went."""
-    sent = 0
-    failed_ids: set = set()
+    """Send claimed tasks to their runtimes (outside any transaction); return how many went.
+    Each runtime gets all of its claims in one `send_all`."""
+    by_runtime: dict[str, list[Claim]] = {}
     for claim_ in claims:
-        adapter = runtimes.get(claim_.runtime)
+        by_runtime.setdefault(claim_.runtime, []).append(claim_)
+    failed_ids: set = set()
+    for runtime, runtime_claims in by_runtime.items():
+        adapter = runtimes.get(runtime)
         if adapter is None:
-            failed_ids |= {t.task_id for t in claim_.tasks}
+            failed_ids |= {t.task_id for claim_ in runtime_claims for t in claim_.tasks}
             continue
-        node = node_map_of(claim_.version_id, claim_.config_hash)[claim_.node_id]
-        failed = adapter.send(node, claim_.tasks)
-        failed_ids |= failed
-        sent += len(claim_.tasks) - len(failed)
+        sends = [
+            (node_map_of(c.version_id, c.config_hash)[c.node_id], c.tasks) for c in runtime_claims
+        ]
+        failed_ids |= send_all(adapter, sends)
     if failed_ids:
         requeue_failed_sends(failed_ids)
-    return sent
+    return sum(len(claim_.tasks) for claim_ in claims) - len(failed_ids)
 
 
 def requeue_failed_sends(task_ids: set) -> None:

@@ -54,6 +54,22 @@ class RuntimeAdapter(Protocol):
         pending). Called after the claiming transaction has committed."""
 
 
+# One claim's send: the node's config and its claimed tasks.
+Send = tuple[dict[str, Any], list[Dispatched]]
+
+
+def send_all(adapter: RuntimeAdapter, sends: list[Send]) -> set[uuid.UUID]:
+    """Every send of one runtime in a tick: at once where the adapter can (`send_many`),
+    one by one otherwise. Returns the ids whose send failed."""
+    send_many: Callable[[list[Send]], set[uuid.UUID]] | None = getattr(adapter, "send_many", None)
+    if send_many is not None:
+        return send_many(sends)
+    failed: set[uuid.UUID] = set()
+    for node, tasks in sends:
+        failed |= adapter.send(node, tasks)
+    return failed
+
+
 class RuntimeRegistry:
     def __init__(self) -> None:
         self._adapters: dict[str, Callable[[], RuntimeAdapter]] = {}
@@ -80,13 +96,31 @@ class CeleryPoolAdapter:
     """The platform's own pool workers (python, sql): one Celery message per claimed batch."""
 
     def send(self, node: dict[str, Any], tasks: list[Dispatched]) -> set[uuid.UUID]:
+        return self.send_many([(node, tasks)])
+
+    def send_many(self, sends: list[Send]) -> set[uuid.UUID]:
+        """A tick's messages through one producer, in one round trip where the broker can
+        batch them (Redis: one pipeline). A failure fails them all: the tasks go back to
+        pending, and a message that did go is refused at fetch (its dispatch token is stale)."""
         from apps.tasks.celery_tasks import run_pool_message
 
         try:
-            run_pool_message.apply_async(args=[pool_message(tasks)])
+            with run_pool_message.app.producer_or_acquire() as producer, producer.batch():
+                for _, tasks in sends:
+                    run_pool_message.apply_async(
+                        args=[pool_message(tasks)],
+                        producer=producer,
+                        # Celery would repr the whole message for its logs; the count says enough.
+                        argsrepr=f"[{len(tasks)} task(s)]",
+                        kwargsrepr="{}",
+                    )
         except Exception:  # any broker failure: the tasks go back to pending
-            logger.exception("sending %d task(s) of %s to Celery failed", len(tasks), node["id"])
-            return {t.task_id for t in tasks}
+            logger.exception(
+                "sending %d message(s) of %s to Celery failed",
+                len(sends),
+                ", ".join(sorted({node["id"] for node, _ in sends})),
+            )
+            return {t.task_id for _, tasks in sends for t in tasks}
         return set()
 
 

@@ -1,0 +1,94 @@
+"""The python runtime's sends (`CeleryPoolAdapter.send_many`) through a real Redis broker:
+a tick's messages go through one producer in one pipeline, one message per claim, and a
+broker that cannot be reached fails every send of the tick (their tasks go back to pending)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = "redis://127.0.0.1:6379/12"
+
+# Three claims of one tick: 1, 2 and 3 tasks of three nodes. Run in a process of its own, so
+# that Celery connects to the broker given here (the test settings use the filesystem one).
+SENDS = r"""
+import json, uuid
+import django
+django.setup()
+from apps.tasks.runtimes import CeleryPoolAdapter, Dispatched
+sends = [
+    ({"id": f"op{n}"}, [Dispatched(uuid.UUID(int=10 * n + i), 1, f"t{n}{i}") for i in range(n)])
+    for n in (1, 2, 3)
+]
+print(json.dumps(sorted(str(task_id) for task_id in CeleryPoolAdapter().send_many(sends))))
+"""
+
+
+def send_a_tick(broker: str, tmp_path: Path) -> list[str]:
+    """The ids whose send failed."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "DJANGO_"))},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "CELERY_BROKER_URL": broker,
+        "SLUICE_DATA_DIR": str(tmp_path),
+        "SLUICE_API_URL": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SENDS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def queued_messages(client: redis.Redis) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(headers, the pool message) of each message in Celery's default queue."""
+    found = []
+    for raw in client.lrange("celery", 0, -1):
+        envelope = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        found.append((envelope["headers"], args[0]))
+    return found
+
+
+def test_a_ticks_sends_reach_redis_as_one_message_per_claim(tmp_path):
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    try:
+        assert send_a_tick(BROKER, tmp_path) == []
+        messages = queued_messages(client)
+    finally:
+        client.flushdb()
+    assert len(messages) == 3
+    by_size = sorted(messages, key=lambda m: len(m[1]["tasks"]))
+    for n, (headers, message) in enumerate(by_size, start=1):
+        assert headers["task"] == "apps.tasks.celery_tasks.run_pool_message"
+        assert headers["argsrepr"] == f"[{n} task(s)]"
+        assert message["api_url"] == "http://127.0.0.1:9"
+        assert message["tasks"] == [
+            {
+                "task_id": f"00000000-0000-0000-0000-{10 * n + i:012x}",
+                "attempt": 1,
+                "dispatch_token": f"t{n}{i}",
+            }
+            for i in range(n)
+        ]
+
+
+def test_an_unreachable_broker_fails_every_send_of_the_tick(tmp_path):
+    failed = send_a_tick("redis://127.0.0.1:1/0", tmp_path)
+    assert failed == sorted(
+        f"00000000-0000-0000-0000-{10 * n + i:012x}" for n in (1, 2, 3) for i in range(n)
+    )
