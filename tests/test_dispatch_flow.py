@@ -593,3 +593,83 @@ def test_an_org_with_pipeline_rows_is_not_deleted(world: World, chain, recorder:
     with pytest.raises(ProtectedError):
         world.acme.delete()
     assert counts() == before
+
+
+# --- the claim floor ---------------------------------------------------------------------------
+
+
+def _op1_lane() -> NodeLane:
+    return NodeLane.objects.get(node_id="op1", lane="live")
+
+
+def _claim_op1(batch: int) -> list[uuid.UUID]:
+    return [t.task_id for c in dispatch.claim(batch=batch) if c.node_id == "op1" for t in c.tasks]
+
+
+def _pending_op1(world: World, count: int) -> list[Task]:
+    for i in range(count):
+        post_event(world, key=f"f{i}")
+    return list(Task.objects.filter(node_id="op1").order_by("created_at"))
+
+
+def test_claims_move_the_floor_to_the_newest_task_they_took(world, chain, settings):
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    tasks = _pending_op1(world, 5)
+    assert _op1_lane().claim_floor is None
+    assert _claim_op1(2) == [t.id for t in tasks[:2]]
+    assert _op1_lane().claim_floor == tasks[1].created_at
+    assert _claim_op1(2) == [t.id for t in tasks[2:4]]
+    assert _op1_lane().claim_floor == tasks[3].created_at
+
+
+def test_a_task_back_in_pending_lowers_the_floor_and_goes_first(world, chain, settings):
+    from apps.tasks import services
+
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    tasks = _pending_op1(world, 4)
+    assert _claim_op1(2) == [tasks[0].id, tasks[1].id]
+    services.task_requeue(tasks[0])  # queued -> pending, older than the floor
+    assert _op1_lane().claim_floor == tasks[0].created_at
+    assert _claim_op1(1) == [tasks[0].id]
+
+
+def test_a_task_below_the_floor_that_no_counter_saw_is_still_claimed(world, chain, settings):
+    """A floor above a pending task (a rolled-back move, a clock that jumped): the floored
+    scan finds fewer tasks than the lane's pending count, so the claim looks from the start
+    and drops the floor; the next claim sets it again."""
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    tasks = _pending_op1(world, 3)
+    assert _claim_op1(1) == [tasks[0].id]
+    NodeLane.objects.filter(pk=_op1_lane().pk).update(
+        claim_floor=timezone.now() + dt.timedelta(days=1)
+    )
+    assert _claim_op1(10) == [tasks[1].id, tasks[2].id]
+    assert _op1_lane().claim_floor is None
+    post_event(world, key="later")
+    assert _op1_lane().claim_floor is None  # a new task lowers a floor, never sets one
+    [later] = _claim_op1(10)
+    assert _op1_lane().claim_floor == Task.objects.get(pk=later).created_at
+
+
+def test_a_fan_out_older_than_the_floor_lowers_it(world, chain, settings):
+    """Tasks of a fan-out that commits after a claim went past their creation time."""
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    tasks = _pending_op1(world, 2)
+    assert _claim_op1(1) == [tasks[0].id]
+    NodeLane.objects.filter(pk=_op1_lane().pk).update(
+        claim_floor=timezone.now() + dt.timedelta(days=1)
+    )
+    post_event(world, key="late")
+    late = Task.objects.filter(node_id="op1").latest("created_at")
+    assert _op1_lane().claim_floor == late.created_at
+
+
+def test_reconcile_lowers_a_floor_above_a_pending_task(world, chain, settings):
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    tasks = _pending_op1(world, 2)
+    assert _claim_op1(1) == [tasks[0].id]
+    NodeLane.objects.filter(pk=_op1_lane().pk).update(
+        claim_floor=timezone.now() + dt.timedelta(days=1)
+    )
+    assert reaper.reconcile_lanes() >= 1
+    assert _op1_lane().claim_floor == tasks[1].created_at

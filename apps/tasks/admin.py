@@ -250,6 +250,7 @@ class NodeLaneAdmin(ActionsOnlyAdminMixin, OrgScopedAdmin):
         "paused",
         "blocked",
         "dispatched_at",
+        "claim_floor",
     )
     exclude = ("priority",)
     actions = ("pause_node_lane", "resume_node_lane", "pause_node", "resume_node")

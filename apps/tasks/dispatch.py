@@ -40,10 +40,11 @@ class Claim:
 
 # The lane query, written out (the ORM spent longer building it than PostgreSQL running it):
 # runnable lanes (the generated column), live before backfill, least recently served first,
-# each with its room under the cap and its version's content hash (to find its node map).
+# each with its room under the cap, what it has pending and from where (its claim floor), and
+# its version's content hash (to find its node map).
 _LANES = (
     "SELECT l.id, l.dag_version_id, l.node_id, l.lane, l.runtime, l.cap - l.in_flight, "  # noqa: S608
-    f"v.config_hash FROM {NodeLane._meta.db_table} l "
+    f"l.pending, l.claim_floor, v.config_hash FROM {NodeLane._meta.db_table} l "
     f"JOIN {DagVersion._meta.db_table} v ON v.id = l.dag_version_id WHERE l.runnable {{paced}}"
     "ORDER BY l.priority, l.dispatched_at, l.id LIMIT %s"
 )
@@ -76,8 +77,15 @@ def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BAT
     claims: list[Claim] = []
     with counted_atomic():
         lanes = _runnable_lanes(lanes_per_tick, batch)
-        for _, version_id, node_id, lane, runtime, room, config_hash in lanes:
-            tasks = lifecycle.task_claim_pending(version_id, node_id, lane, min(batch, room))
+        for _, version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
+            tasks = lifecycle.task_claim_pending(
+                version_id,
+                node_id,
+                lane,
+                min(batch, room),
+                pending=pending,
+                floor=None if floor is None else lifecycle.database_time(floor),
+            )
             if tasks:
                 claim_ = Claim(version_id, node_id, runtime, config_hash)
                 claim_.tasks = [

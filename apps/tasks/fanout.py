@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,7 +18,7 @@ from django.utils import timezone
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
 from apps.orgs.compiled import load_models
 from apps.tasks import lifecycle
-from apps.tasks.lifecycle import bump_lane, counted_atomic
+from apps.tasks.lifecycle import LaneDelta, LaneKey, bump_lane, counted_atomic
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
 from apps.tasks.runtimes import runtime_of, runtimes
 
@@ -272,10 +271,18 @@ def fan_out(events: list[Event], mark: bool = True) -> list[NewTask]:
     # No ignore_conflicts: callers fan out only events not yet fanned out, under a lock, so a
     # duplicate here is a bug, and the unique constraint makes it fail loudly instead.
     insert_tasks(tasks)
-    for (version_id, node_id, lane), count in Counter(
-        (t.dag_version_id, t.node_id, t.lane) for t in tasks
-    ).items():
-        bump_lane(version_id, node_id, lane, pending=count, in_flight=0)
+    # Each lane's count, and its oldest new task: a fan-out that commits after a claim went
+    # past its tasks' ages lowers the lane's claim floor to them.
+    entering: dict[LaneKey, LaneDelta] = {}
+    for task in tasks:
+        key = (task.dag_version_id, task.node_id, task.lane)
+        if (delta := entering.get(key)) is None:
+            entering[key] = LaneDelta(pending=1, oldest_entering=task.created_at)
+        else:
+            delta.pending += 1
+            delta.oldest_entering = min(delta.oldest_entering or task.created_at, task.created_at)
+    for key, delta in entering.items():
+        bump_lane(*key, delta)
     _skip_memoized(tasks)
     if mark:
         Event.objects.filter(pk__any=[e.pk for e in events]).update(fanned_out_at=timezone.now())

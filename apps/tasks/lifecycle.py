@@ -58,9 +58,49 @@ def _weight(state: str) -> tuple[int, int]:
 LaneKey = tuple[int, str, str]
 
 
+@dataclass
+class LaneDelta:
+    """What one transaction changes in a lane's counter row. Besides the counts, its claim
+    floor (`NodeLane.claim_floor`): a claim moves it up to where it stopped (`floor`); a
+    task entering pending moves it down to that task's age (`oldest_entering`), or clears it
+    when that age is not at hand (`floor_lost`)."""
+
+    pending: int = 0
+    in_flight: int = 0
+    floor: dt.datetime | None = None
+    oldest_entering: dt.datetime | None = None
+    floor_lost: bool = False
+
+    def add(self, other: LaneDelta) -> None:
+        self.pending += other.pending
+        self.in_flight += other.in_flight
+        self.floor = _earliest(self.floor, other.floor)
+        self.oldest_entering = _earliest(self.oldest_entering, other.oldest_entering)
+        self.floor_lost = self.floor_lost or other.floor_lost
+
+    def floor_change(self) -> tuple[str, list[Any]] | None:
+        """The SET clause for the floor and its parameters, or None: the floor stays."""
+        if self.floor_lost:
+            return "claim_floor = NULL", []
+        adapt = connection.ops.adapt_datetimefield_value
+        if self.floor is not None:  # the claim's own scan saw every task it could
+            return "claim_floor = %s", [adapt(_earliest(self.floor, self.oldest_entering))]
+        if self.oldest_entering is not None:  # no floor (NULL) stays none
+            value = adapt(self.oldest_entering)
+            return "claim_floor = CASE WHEN claim_floor > %s THEN %s ELSE claim_floor END", [
+                value,
+                value,
+            ]
+        return None
+
+
+def _earliest(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 class _Ledgers(threading.local):
     def __init__(self) -> None:
-        self.stack: list[dict[LaneKey, list[int]]] = []
+        self.stack: list[dict[LaneKey, LaneDelta]] = []
 
 
 _ledgers = _Ledgers()
@@ -70,20 +110,24 @@ _ledgers = _Ledgers()
 # `UPDATE` through the ORM cost more than running it.
 _BUMP_LANE = (
     f"UPDATE {NodeLane._meta.db_table} SET pending = pending + %s, "  # noqa: S608
-    "in_flight = in_flight + %s WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
+    "in_flight = in_flight + %s{floor} WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
 )
 
 
-def _apply(deltas: dict[LaneKey, list[int]]) -> None:
+def _apply(deltas: dict[LaneKey, LaneDelta]) -> None:
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
-    changed = [(key, delta) for key, delta in sorted(deltas.items()) if delta[0] or delta[1]]
-    if not changed:
-        return
     with connection.cursor() as cursor:
-        for (version_id, node_id, lane), (pending, in_flight) in changed:
-            cursor.execute(_BUMP_LANE, [pending, in_flight, version_id, node_id, lane])
+        for (version_id, node_id, lane), delta in sorted(deltas.items()):
+            floor = delta.floor_change()
+            if not (delta.pending or delta.in_flight or floor):
+                continue
+            clause, floor_params = floor if floor else ("", [])
+            cursor.execute(
+                _BUMP_LANE.format(floor=f", {clause}" if clause else ""),
+                [delta.pending, delta.in_flight, *floor_params, version_id, node_id, lane],
+            )
 
 
 @contextmanager
@@ -91,7 +135,7 @@ def counted_atomic() -> Iterator[None]:
     """`transaction.atomic()` whose lane counter changes are collected and applied, sorted,
     just before it commits. Every block that moves tasks runs in one."""
     with transaction.atomic():
-        deltas: dict[LaneKey, list[int]] = defaultdict(lambda: [0, 0])
+        deltas: dict[LaneKey, LaneDelta] = defaultdict(LaneDelta)
         _ledgers.stack.append(deltas)
         try:
             yield
@@ -99,28 +143,39 @@ def counted_atomic() -> Iterator[None]:
             _ledgers.stack.pop()
         if _ledgers.stack:  # nested: the outer block applies
             outer = _ledgers.stack[-1]
-            for key, (pending, in_flight) in deltas.items():
-                outer[key][0] += pending
-                outer[key][1] += in_flight
+            for key, delta in deltas.items():
+                outer[key].add(delta)
         else:
             _apply(deltas)
 
 
-def bump_lane(version_id: int, node_id: str, lane: str, pending: int, in_flight: int) -> None:
-    if not (pending or in_flight):
-        return
+def bump_lane(version_id: int, node_id: str, lane: str, delta: LaneDelta) -> None:
     if _ledgers.stack:
-        entry = _ledgers.stack[-1][(version_id, node_id, lane)]
-        entry[0] += pending
-        entry[1] += in_flight
+        _ledgers.stack[-1][(version_id, node_id, lane)].add(delta)
     else:
-        _apply({(version_id, node_id, lane): [pending, in_flight]})
+        _apply({(version_id, node_id, lane): delta})
 
 
-def _count_moves(key: LaneKey, from_state: str, to: str, count: int) -> None:
-    """Adjust one lane's counters for `count` of its tasks moved `from_state` -> `to`."""
+def _count_moves(
+    key: LaneKey, from_state: str, to: str, tasks: list[Task] | int, **floor: Any
+) -> None:
+    """Adjust one lane's counters for its `tasks` (or that many) moved `from_state` -> `to`.
+    Tasks entering pending lower the claim floor to the oldest of them (or clear it, when
+    their ages are not loaded); `floor` passes a claim's own change of it."""
+    count = tasks if isinstance(tasks, int) else len(tasks)
     before, after = _weight(from_state), _weight(to)
-    bump_lane(*key, (after[0] - before[0]) * count, (after[1] - before[1]) * count)
+    delta = LaneDelta((after[0] - before[0]) * count, (after[1] - before[1]) * count, **floor)
+    if to == S.PENDING:
+        ages = [] if isinstance(tasks, int) else [_loaded_age(task) for task in tasks]
+        if ages and None not in ages:
+            delta.oldest_entering = min(age for age in ages if age is not None)
+        else:
+            delta.floor_lost = True
+    bump_lane(*key, delta)
+
+
+def _loaded_age(task: Task) -> dt.datetime | None:
+    return None if "created_at" in task.get_deferred_fields() else task.created_at
 
 
 def _check(task: Task, to: str) -> None:
@@ -134,7 +189,7 @@ def _move(task: Task, to: str, **fields: Any) -> Task:
     updated = Task.objects.filter(pk=task.pk, state=task.state).update(state=to, **fields)
     if updated != 1:  # the caller did not hold the lock: never overwrite a concurrent move
         raise IllegalTransition(f"Task {task.id} changed state concurrently.")
-    _count_moves((task.dag_version_id, task.node_id, task.lane), task.state, to, 1)
+    _count_moves((task.dag_version_id, task.node_id, task.lane), task.state, to, [task])
     task.state = to
     for name, value in fields.items():
         setattr(task, name, value)
@@ -174,7 +229,7 @@ def _move_groups(
             updated = Task.objects.filter(pk__any=ids, state=state).update(state=to, **shared)
         if updated != len(ids):
             raise IllegalTransition("Tasks changed state concurrently; the move was refused.")
-        _count_moves((version_id, node_id, lane), state, to, updated)
+        _count_moves((version_id, node_id, lane), state, to, members)
         for task in members:
             task.state = to
             for name, value in {**shared, **own.get(task.pk, {})}.items():
@@ -208,17 +263,13 @@ def task_queue_many(tasks: list[Task]) -> list[Task]:
 
 # A CTE, not `id IN (SELECT … LIMIT n)`: PostgreSQL may run such a subquery more than once
 # and move more than n rows.
-_CLAIM_PICK = (
+_CLAIM = (
     "WITH picked AS (SELECT id FROM tasks WHERE dag_version_id = %s AND node_id = %s "
-    "AND lane = %s AND state = %s ORDER BY created_at LIMIT %s"
-)
-_CLAIM_MOVE = (
+    "AND lane = %s AND state = %s{floor} ORDER BY created_at LIMIT %s{locked}"
     ") UPDATE tasks SET state = %s, queued_at = %s, dispatch_count = dispatch_count + 1 "
     "FROM picked WHERE tasks.id = picked.id AND tasks.state = %s "
-    "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count"
+    "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count, tasks.created_at"
 )
-_CLAIM_LOCKED = _CLAIM_PICK + " FOR UPDATE SKIP LOCKED" + _CLAIM_MOVE
-_CLAIM = _CLAIM_PICK + _CLAIM_MOVE  # SQLite: one writer at a time, nothing to skip
 
 
 @dataclass(frozen=True)
@@ -226,26 +277,74 @@ class ClaimedTask:
     id: uuid.UUID
     attempt: int
     dispatch_count: int
+    created_at: dt.datetime
 
 
-def task_claim_pending(version_id: int, node_id: str, lane: str, limit: int) -> list[ClaimedTask]:
+def task_claim_pending(
+    version_id: int,
+    node_id: str,
+    lane: str,
+    limit: int,
+    *,
+    floor: dt.datetime | None = None,
+    pending: int | None = None,
+) -> list[ClaimedTask]:
     """pending -> queued for up to `limit` oldest pending tasks of one lane, in one statement:
     the rows are locked (SKIP LOCKED, so concurrent dispatchers split the work) and moved
-    only from `pending`, the one state this transition leaves."""
+    only from `pending`, the one state this transition leaves. The caller holds the lane's
+    counter row, whose `pending` and `claim_floor` it passes.
+
+    The scan starts at the floor, not at the lane's first entry in the claim index: tasks
+    that left pending stay there, dead, until a vacuum, and a drained backlog would be
+    walked again by every claim. Should the floored scan find fewer tasks than `pending`
+    promises (a task below the floor that no counter change lowered it for), the rest are
+    claimed from the start and the floor is cleared; otherwise it moves up to the newest
+    task claimed."""
     assert S.QUEUED in ALLOWED[S.PENDING]
-    statement = _CLAIM_LOCKED if connection.features.has_select_for_update_skip_locked else _CLAIM
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    claimed = _claim(version_id, node_id, lane, limit, floor)
+    if floor is not None and len(claimed) < min(limit, limit if pending is None else pending):
+        claimed += _claim(version_id, node_id, lane, limit - len(claimed), None)
+        change: dict[str, Any] = {"floor_lost": True}
+    else:
+        newest = max((task.created_at for task in claimed), default=None)
+        change = {"floor": newest} if newest is not None else {}
+    _count_moves((version_id, node_id, lane), S.PENDING, S.QUEUED, len(claimed), **change)
+    return claimed
+
+
+def _claim(
+    version_id: int, node_id: str, lane: str, limit: int, floor: dt.datetime | None
+) -> list[ClaimedTask]:
+    statement = _CLAIM.format(
+        floor=" AND created_at >= %s" if floor is not None else "",
+        # SQLite: one writer at a time, nothing to skip.
+        locked=" FOR UPDATE SKIP LOCKED"
+        if connection.features.has_select_for_update_skip_locked
+        else "",
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    bounds = [adapt(floor)] if floor is not None else []
+    now = adapt(timezone.now())
     with connection.cursor() as cursor:
         cursor.execute(
             statement,
-            [version_id, node_id, lane, S.PENDING, limit, S.QUEUED, now, S.PENDING],
+            [version_id, node_id, lane, S.PENDING, *bounds, limit, S.QUEUED, now, S.PENDING],
         )
         rows = cursor.fetchall()
     id_field = Task._meta.pk
     assert id_field is not None
-    claimed = [ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2])) for row in rows]
-    _count_moves((version_id, node_id, lane), S.PENDING, S.QUEUED, len(claimed))
-    return claimed
+    return [
+        ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2]), database_time(row[3]))
+        for row in rows
+    ]
+
+
+def database_time(value: dt.datetime | str) -> dt.datetime:
+    """A DateTimeField's value as a raw query returns it: aware on PostgreSQL, UTC text on
+    SQLite."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
 
 
 def task_requeue_many(tasks: list[Task]) -> list[Task]:

@@ -345,6 +345,12 @@ class NodeLane(models.Model):
     paused = models.BooleanField(default=False)
     blocked = models.CharField(max_length=200, blank=True, help_text="Why it cannot dispatch.")
     dispatched_at = models.DateTimeField(default=timezone.now, help_text="Last served.")
+    claim_floor = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Claims start at this creation time: no pending task of the lane is older "
+        "(checked against the pending count at each claim).",
+    )
     runnable = models.GeneratedField(
         # Django resolves a Q as a boolean expression here; django-stubs accept only Expression.
         expression=Q(paused=False)  # type: ignore[arg-type]

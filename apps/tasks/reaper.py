@@ -205,7 +205,20 @@ def reconcile_lanes(limit: int = 1000) -> int:
                     lane_tasks.filter(state=state).count() for state in sorted(IN_FLIGHT_STATES)
                 ),
             }
+            fields: dict[str, Any] = {}
             if (counts["pending"], counts["in_flight"]) != (locked.pending, locked.in_flight):
-                NodeLane.objects.filter(pk=locked.pk).update(**counts)
+                fields.update(counts)
+            # A floor above a pending task would leave it to the claims' fallback: lower it.
+            if locked.claim_floor is not None:
+                oldest = (
+                    lane_tasks.filter(state=TaskState.PENDING)
+                    .order_by("created_at")
+                    .values_list("created_at", flat=True)
+                    .first()
+                )
+                if oldest is not None and oldest < locked.claim_floor:
+                    fields["claim_floor"] = oldest
+            if fields:
+                NodeLane.objects.filter(pk=locked.pk).update(**fields)
                 fixed += 1
     return fixed
