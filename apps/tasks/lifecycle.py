@@ -9,7 +9,7 @@ Every transition goes through `_move` (one task, a row the caller locked) or `mo
 overdue attempts, on PostgreSQL, through `task_attempts_end_overdue` (one statement that
 locks its rows SKIP LOCKED and moves them only from `running`). All refuse illegal moves and
 adjust the (version, node, lane) counter rows in the same transaction, so the counters and
-the task states cannot drift apart.
+the task states cannot drift apart; the same update moves the lane's claim floor (ADR 0015).
 """
 
 from __future__ import annotations

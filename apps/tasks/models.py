@@ -329,7 +329,9 @@ class NodeLane(models.Model):
     """The dispatch counter row of one (version, node, lane) (D11).
 
     Caps are enforced under this row's lock, not by counting tasks; `runnable` is derived by
-    the database and indexed, so claims never rescan paused, blocked, capped or idle work.
+    the database and indexed, so claims never rescan paused, blocked, capped or idle work;
+    `claim_floor` lets a claim skip the claim index's entries of tasks already claimed
+    (ADR 0015).
     """
 
     org_path: ClassVar[str] = "dag_version__dag__org"
