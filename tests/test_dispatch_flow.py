@@ -598,6 +598,12 @@ def test_an_org_with_pipeline_rows_is_not_deleted(world: World, chain, recorder:
 # --- the claim floor ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def untriggered(settings) -> None:
+    """Ingest fans out but does not dispatch: each test claims when it says so."""
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+
+
 def _op1_lane() -> NodeLane:
     return NodeLane.objects.get(node_id="op1", lane="live")
 
@@ -612,8 +618,18 @@ def _pending_op1(world: World, count: int) -> list[Task]:
     return list(Task.objects.filter(node_id="op1").order_by("created_at"))
 
 
-def test_claims_move_the_floor_to_the_newest_task_they_took(world, chain, settings):
-    settings.SLUICE_DISPATCH_TRIGGER = "off"
+def _one_claimed_under_a_wrong_floor(world: World, count: int) -> list[Task]:
+    """`count` pending op1 tasks, the first claimed, then a floor above all the others (as a
+    move that rolled back, or a clock that stepped back, could leave it)."""
+    tasks = _pending_op1(world, count)
+    assert _claim_op1(1) == [tasks[0].id]
+    NodeLane.objects.filter(pk=_op1_lane().pk).update(
+        claim_floor=timezone.now() + dt.timedelta(days=1)
+    )
+    return tasks
+
+
+def test_claims_move_the_floor_to_the_newest_task_they_took(world, chain, untriggered):
     tasks = _pending_op1(world, 5)
     assert _op1_lane().claim_floor is None
     assert _claim_op1(2) == [t.id for t in tasks[:2]]
@@ -622,10 +638,9 @@ def test_claims_move_the_floor_to_the_newest_task_they_took(world, chain, settin
     assert _op1_lane().claim_floor == tasks[3].created_at
 
 
-def test_a_task_back_in_pending_lowers_the_floor_and_goes_first(world, chain, settings):
+def test_a_task_back_in_pending_lowers_the_floor_and_goes_first(world, chain, untriggered):
     from apps.tasks import services
 
-    settings.SLUICE_DISPATCH_TRIGGER = "off"
     tasks = _pending_op1(world, 4)
     assert _claim_op1(2) == [tasks[0].id, tasks[1].id]
     services.task_requeue(tasks[0])  # queued -> pending, older than the floor
@@ -633,16 +648,10 @@ def test_a_task_back_in_pending_lowers_the_floor_and_goes_first(world, chain, se
     assert _claim_op1(1) == [tasks[0].id]
 
 
-def test_a_task_below_the_floor_that_no_counter_saw_is_still_claimed(world, chain, settings):
-    """A floor above a pending task (a rolled-back move, a clock that jumped): the floored
-    scan finds fewer tasks than the lane's pending count, so the claim looks from the start
-    and drops the floor; the next claim sets it again."""
-    settings.SLUICE_DISPATCH_TRIGGER = "off"
-    tasks = _pending_op1(world, 3)
-    assert _claim_op1(1) == [tasks[0].id]
-    NodeLane.objects.filter(pk=_op1_lane().pk).update(
-        claim_floor=timezone.now() + dt.timedelta(days=1)
-    )
+def test_a_task_below_the_floor_that_no_counter_saw_is_still_claimed(world, chain, untriggered):
+    """The floored scan finds fewer tasks than the lane's pending count, so the claim looks
+    from the start and drops the floor; the next claim sets it again."""
+    tasks = _one_claimed_under_a_wrong_floor(world, 3)
     assert _claim_op1(10) == [tasks[1].id, tasks[2].id]
     assert _op1_lane().claim_floor is None
     post_event(world, key="later")
@@ -651,25 +660,15 @@ def test_a_task_below_the_floor_that_no_counter_saw_is_still_claimed(world, chai
     assert _op1_lane().claim_floor == Task.objects.get(pk=later).created_at
 
 
-def test_a_fan_out_older_than_the_floor_lowers_it(world, chain, settings):
+def test_a_fan_out_older_than_the_floor_lowers_it(world, chain, untriggered):
     """Tasks of a fan-out that commits after a claim went past their creation time."""
-    settings.SLUICE_DISPATCH_TRIGGER = "off"
-    tasks = _pending_op1(world, 2)
-    assert _claim_op1(1) == [tasks[0].id]
-    NodeLane.objects.filter(pk=_op1_lane().pk).update(
-        claim_floor=timezone.now() + dt.timedelta(days=1)
-    )
+    _one_claimed_under_a_wrong_floor(world, 2)
     post_event(world, key="late")
     late = Task.objects.filter(node_id="op1").latest("created_at")
     assert _op1_lane().claim_floor == late.created_at
 
 
-def test_reconcile_lowers_a_floor_above_a_pending_task(world, chain, settings):
-    settings.SLUICE_DISPATCH_TRIGGER = "off"
-    tasks = _pending_op1(world, 2)
-    assert _claim_op1(1) == [tasks[0].id]
-    NodeLane.objects.filter(pk=_op1_lane().pk).update(
-        claim_floor=timezone.now() + dt.timedelta(days=1)
-    )
+def test_reconcile_lowers_a_floor_above_a_pending_task(world, chain, untriggered):
+    tasks = _one_claimed_under_a_wrong_floor(world, 2)
     assert reaper.reconcile_lanes() >= 1
     assert _op1_lane().claim_floor == tasks[1].created_at
