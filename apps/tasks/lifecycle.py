@@ -268,8 +268,11 @@ _CLAIM = (
     "AND lane = %s AND state = %s{floor} ORDER BY created_at LIMIT %s{locked}"
     ") UPDATE tasks SET state = %s, queued_at = %s, dispatch_count = dispatch_count + 1 "
     "FROM picked WHERE tasks.id = picked.id AND tasks.state = %s "
-    "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count, tasks.created_at"
+    "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count, {created_at}"
 )
+# psycopg's loader of zoned timestamps as Django registers it runs in Python (~2.7 µs a
+# value, half the cost of reading a claim's rows); a UTC wall time loads in C.
+_UTC_WALL_TIME = {"postgresql": "tasks.created_at AT TIME ZONE 'UTC'"}
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,6 @@ class ClaimedTask:
     id: uuid.UUID
     attempt: int
     dispatch_count: int
-    created_at: dt.datetime
 
 
 def task_claim_pending(
@@ -301,12 +303,11 @@ def task_claim_pending(
     claimed from the start and the floor is cleared; otherwise it moves up to the newest
     task claimed."""
     assert S.QUEUED in ALLOWED[S.PENDING]
-    claimed = _claim(version_id, node_id, lane, limit, floor)
+    claimed, newest = _claim(version_id, node_id, lane, limit, floor)
     if floor is not None and len(claimed) < min(limit, limit if pending is None else pending):
-        claimed += _claim(version_id, node_id, lane, limit - len(claimed), None)
+        claimed += _claim(version_id, node_id, lane, limit - len(claimed), None)[0]
         change: dict[str, Any] = {"floor_lost": True}
     else:
-        newest = max((task.created_at for task in claimed), default=None)
         change = {"floor": newest} if newest is not None else {}
     _count_moves((version_id, node_id, lane), S.PENDING, S.QUEUED, len(claimed), **change)
     return claimed
@@ -314,13 +315,15 @@ def task_claim_pending(
 
 def _claim(
     version_id: int, node_id: str, lane: str, limit: int, floor: dt.datetime | None
-) -> list[ClaimedTask]:
+) -> tuple[list[ClaimedTask], dt.datetime | None]:
+    """The tasks claimed, and the creation time of the newest."""
     statement = _CLAIM.format(
         floor=" AND created_at >= %s" if floor is not None else "",
         # SQLite: one writer at a time, nothing to skip.
         locked=" FOR UPDATE SKIP LOCKED"
         if connection.features.has_select_for_update_skip_locked
         else "",
+        created_at=_UTC_WALL_TIME.get(connection.vendor, "tasks.created_at"),
     )
     adapt = connection.ops.adapt_datetimefield_value
     bounds = [adapt(floor)] if floor is not None else []
@@ -333,15 +336,15 @@ def _claim(
         rows = cursor.fetchall()
     id_field = Task._meta.pk
     assert id_field is not None
-    return [
-        ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2]), database_time(row[3]))
-        for row in rows
-    ]
+    claimed = [ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2])) for row in rows]
+    # Raw values compare as the times do: UTC wall times, or SQLite's UTC text.
+    newest = max((row[3] for row in rows), default=None)
+    return claimed, None if newest is None else database_time(newest)
 
 
 def database_time(value: dt.datetime | str) -> dt.datetime:
-    """A DateTimeField's value as a raw query returns it: aware on PostgreSQL, UTC text on
-    SQLite."""
+    """A DateTimeField's value as a raw query returns it (aware on PostgreSQL, or its UTC
+    wall time; UTC text on SQLite), aware."""
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     return value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
