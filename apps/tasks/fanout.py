@@ -18,7 +18,7 @@ from django.utils import timezone
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
 from apps.orgs.compiled import load_models
 from apps.tasks import lifecycle
-from apps.tasks.lifecycle import LaneDelta, LaneKey, bump_lane, counted_atomic
+from apps.tasks.lifecycle import LaneDelta, LaneKey, bump_lane, counted_atomic, earliest
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
 from apps.tasks.runtimes import runtime_of, runtimes
 
@@ -280,7 +280,7 @@ def fan_out(events: list[Event], mark: bool = True) -> list[NewTask]:
             entering[key] = LaneDelta(pending=1, oldest_entering=task.created_at)
         else:
             delta.pending += 1
-            delta.oldest_entering = min(delta.oldest_entering or task.created_at, task.created_at)
+            delta.oldest_entering = earliest(delta.oldest_entering, task.created_at)
     for key, delta in entering.items():
         bump_lane(*key, delta)
     _skip_memoized(tasks)

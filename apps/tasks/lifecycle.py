@@ -74,8 +74,8 @@ class LaneDelta:
     def add(self, other: LaneDelta) -> None:
         self.pending += other.pending
         self.in_flight += other.in_flight
-        self.floor = _earliest(self.floor, other.floor)
-        self.oldest_entering = _earliest(self.oldest_entering, other.oldest_entering)
+        self.floor = earliest(self.floor, other.floor)
+        self.oldest_entering = earliest(self.oldest_entering, other.oldest_entering)
         self.floor_lost = self.floor_lost or other.floor_lost
 
     def floor_change(self) -> tuple[str, list[Any]] | None:
@@ -84,7 +84,7 @@ class LaneDelta:
             return "claim_floor = NULL", []
         adapt = connection.ops.adapt_datetimefield_value
         if self.floor is not None:  # the claim's own scan saw every task it could
-            return "claim_floor = %s", [adapt(_earliest(self.floor, self.oldest_entering))]
+            return "claim_floor = %s", [adapt(earliest(self.floor, self.oldest_entering))]
         if self.oldest_entering is not None:  # no floor (NULL) stays none
             value = adapt(self.oldest_entering)
             return "claim_floor = CASE WHEN claim_floor > %s THEN %s ELSE claim_floor END", [
@@ -94,7 +94,8 @@ class LaneDelta:
         return None
 
 
-def _earliest(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+def earliest(a: dt.datetime | None, b: dt.datetime | None) -> dt.datetime | None:
+    """The earlier of two times, either of which may be missing."""
     return b if a is None else a if b is None else min(a, b)
 
 
@@ -118,11 +119,15 @@ def _apply(deltas: dict[LaneKey, LaneDelta]) -> None:
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
+    changes = []
+    for key in sorted(deltas):
+        delta, floor = deltas[key], deltas[key].floor_change()
+        if delta.pending or delta.in_flight or floor:
+            changes.append((key, delta, floor))
+    if not changes:
+        return
     with connection.cursor() as cursor:
-        for (version_id, node_id, lane), delta in sorted(deltas.items()):
-            floor = delta.floor_change()
-            if not (delta.pending or delta.in_flight or floor):
-                continue
+        for (version_id, node_id, lane), delta, floor in changes:
             clause, floor_params = floor if floor else ("", [])
             cursor.execute(
                 _BUMP_LANE.format(floor=f", {clause}" if clause else ""),
@@ -157,14 +162,25 @@ def bump_lane(version_id: int, node_id: str, lane: str, delta: LaneDelta) -> Non
 
 
 def _count_moves(
-    key: LaneKey, from_state: str, to: str, tasks: list[Task] | int, **floor: Any
+    key: LaneKey,
+    from_state: str,
+    to: str,
+    tasks: list[Task] | int,
+    *,
+    floor: dt.datetime | None = None,
+    floor_lost: bool = False,
 ) -> None:
     """Adjust one lane's counters for its `tasks` (or that many) moved `from_state` -> `to`.
     Tasks entering pending lower the claim floor to the oldest of them (or clear it, when
-    their ages are not loaded); `floor` passes a claim's own change of it."""
+    their ages are not loaded); a claim passes its own change of the floor."""
     count = tasks if isinstance(tasks, int) else len(tasks)
     before, after = _weight(from_state), _weight(to)
-    delta = LaneDelta((after[0] - before[0]) * count, (after[1] - before[1]) * count, **floor)
+    delta = LaneDelta(
+        (after[0] - before[0]) * count,
+        (after[1] - before[1]) * count,
+        floor=floor,
+        floor_lost=floor_lost,
+    )
     if to == S.PENDING:
         ages = [] if isinstance(tasks, int) else [_loaded_age(task) for task in tasks]
         if ages and None not in ages:
@@ -304,12 +320,17 @@ def task_claim_pending(
     task claimed."""
     assert S.QUEUED in ALLOWED[S.PENDING]
     claimed, newest = _claim(version_id, node_id, lane, limit, floor)
-    if floor is not None and len(claimed) < min(limit, limit if pending is None else pending):
+    short = floor is not None and len(claimed) < min(limit, limit if pending is None else pending)
+    if short:
         claimed += _claim(version_id, node_id, lane, limit - len(claimed), None)[0]
-        change: dict[str, Any] = {"floor_lost": True}
-    else:
-        change = {"floor": newest} if newest is not None else {}
-    _count_moves((version_id, node_id, lane), S.PENDING, S.QUEUED, len(claimed), **change)
+    _count_moves(
+        (version_id, node_id, lane),
+        S.PENDING,
+        S.QUEUED,
+        len(claimed),
+        floor=None if short else newest,
+        floor_lost=short,
+    )
     return claimed
 
 
