@@ -1,21 +1,27 @@
-"""Hot statements keep the plans they were written for (PostgreSQL only, ADR 0014, 0015): a
-lean read of one key is prepared once and an array read is planned on each call; the memo
-check reads the memo index whatever the number of keys; a claim starts at its lane's floor."""
+"""Hot statements keep the plans they were written for (PostgreSQL only, ADR 0014, 0015,
+0016): a lean read of one key is prepared once and an array read is planned on each call;
+the lean fetch and completion reach their rows through their items, whatever plan is kept;
+the memo check reads the memo index whatever the number of keys; a claim starts at its
+lane's floor."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from apps.dags.models import DagVersion
 from apps.orgs.authentication import WorkerPrincipal
 from apps.tasks import dispatch
 from apps.tasks.fanout import fan_out_pending_events, memoized
 from apps.tasks.ingest import events_ingest
 from apps.tasks.models import NodeLane
-from apps.tasks.worker_lean import lean_task_fetch
+from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, deploy
 
@@ -51,6 +57,103 @@ def test_a_lean_read_of_one_key_is_prepared_and_of_several_is_not(
     statements = _prepared()
     assert any("WHERE t.id = $1" in s for s in statements), statements
     assert not any("= ANY($1)" in s for s in statements), statements
+
+
+@contextmanager
+def _generic_plans() -> Iterator[list[str]]:
+    """Run prepared statements on their generic plans, as the plan cache keeps them, and
+    collect the plans they ran (auto_explain's, sent to this session as notices)."""
+    plans: list[str] = []
+    connection.ensure_connection()
+
+    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
+        plans.append(diagnostic.message_primary or "")
+
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute("SET auto_explain.log_min_duration = 0")
+        cursor.execute("SET auto_explain.log_level = notice")
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+    connection.connection.add_notice_handler(collect)
+    try:
+        yield plans
+    finally:
+        connection.connection.remove_notice_handler(collect)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET plan_cache_mode")
+            cursor.execute("RESET auto_explain.log_min_duration")
+
+
+def _plan_of(plans: list[str], *, touching: str) -> str:
+    [plan] = [p for p in plans if touching in p]
+    return plan
+
+
+@contextmanager
+def _finished_tasks(version_id: int, count: int) -> Iterator[None]:
+    """`count` succeeded tasks of `version_id`, each with its attempt, and fresh statistics:
+    tables of some size, whose statistics say that no task is queued or running. The rows
+    go again after, and the statistics with them (a truncation keeps them)."""
+    tables = ("tasks", "task_attempts")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, lane, mode,"
+            " attempt, attempts_base, max_attempts, dispatch_count, created_at, memo_key)"
+            " SELECT gen_random_uuid(), v.org_id, v.id, 'op1', gen_random_uuid(), 'succeeded',"
+            " 'live', 'live', 1, 0, 3, 1, now(), 'bench' FROM generate_series(1, %s),"
+            " (SELECT v.id, g.org_id FROM dag_versions v JOIN dags g ON g.id = v.dag_id"
+            "  WHERE v.id = %s) v",
+            [count, version_id],
+        )
+        cursor.execute(
+            "INSERT INTO task_attempts (task_id, number, worker_id, lease_token, started_at,"
+            " outcome, logs, metrics, progress) SELECT id, 1, 'w', md5(id::text), now(),"
+            " 'succeeded', '', '{}', '{}' FROM tasks WHERE memo_key = 'bench'",
+        )
+        for table in tables:
+            cursor.execute(f"ANALYZE {table}")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM task_attempts WHERE task_id IN"
+                " (SELECT id FROM tasks WHERE memo_key = 'bench')"
+            )
+            cursor.execute("DELETE FROM tasks WHERE memo_key = 'bench'")
+            cursor.execute(
+                "DELETE FROM pg_statistic WHERE starelid = ANY(%s::regclass[])", [list(tables)]
+            )
+
+
+def test_the_lean_fetch_and_completion_find_each_task_by_its_item(
+    settings, world: World, recorder: RecordingAdapter
+):
+    """Generic plans made while the statistics say no task is queued or running: free to
+    start from the tasks, the planner had scanned every queued (or running) task at each
+    call, as many as the lanes' caps allow. The lateral joins leave it the items' keys."""
+    assert connection.vendor == "postgresql"
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    deploy(world.acme, chain_config())
+    events = [{"dataset": "chain.src", "idempotency_key": f"g{i}"} for i in range(4)]
+    caller: Callable[[], WorkerPrincipal] = lambda: POOL  # noqa: E731
+    with _finished_tasks(DagVersion.objects.get(dag__org=world.acme).pk, 3000):
+        events_ingest(world.acme, {"events": events})
+        fan_out_pending_events()
+        batch = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
+        with _generic_plans() as plans:
+            answer = lean_task_fetch(caller, json.dumps({"tasks": batch}).encode())
+            assert answer is not None and len(answer["leases"]) == 4
+            items = [{"lease_token": lease["lease"]["token"]} for lease in answer["leases"]]
+            done = lean_task_complete(caller, json.dumps({"items": items}).encode())
+            assert done is not None and [r["state"] for r in done["results"]] == ["succeeded"] * 4
+    start = _plan_of(plans, touching="Insert on task_attempts")
+    assert "Index Scan using tasks_pkey on tasks" in start, start
+    assert "task_queued_idx" not in start, start
+    complete = _plan_of(plans, touching="Insert on dataset_commits")
+    assert "Index Scan using attempt_lease_token_unique" in complete, complete
+    assert "Index Scan using tasks_pkey on tasks" in complete, complete
+    assert "task_lease_idx" not in complete, complete
 
 
 def test_the_memo_check_reads_the_memo_index_for_any_number_of_keys(world: World):

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from apps.datasets.models import Commit, Generation
 from apps.orgs import services as org_services
 from apps.orgs.authentication import WorkerPrincipal
+from apps.tasks import lean as lean_paths
 from apps.tasks import worker_api, worker_lean
 from apps.tasks.fanout import fan_out_pending_events
 from apps.tasks.ingest import events_ingest
@@ -462,16 +463,16 @@ def test_a_fetch_that_loses_the_race_between_its_statements_leases_nothing(
     )
     fan_out_pending_events()
     first, second, third = recorder.take("op1")
-    real_run_rows = worker_lean.run_rows
+    real_run_rows = lean_paths.run_rows
     racing = [first]
 
-    def another_worker_fetches_first(sql: str, params: dict) -> Any:
-        while sql == worker_lean._START and racing:  # between the read and the move
-            message = racing.pop()
+    def another_worker_fetches_first(sql: str, params: dict, **kwargs: Any) -> Any:
+        while sql in (worker_lean._START.one, worker_lean._START.many) and racing:
+            message = racing.pop()  # between the read and the move
             worker_api.task_fetch(POOL, message["task_id"], message["dispatch_token"], "w2")
-        return real_run_rows(sql, params)
+        return real_run_rows(sql, params, **kwargs)
 
-    monkeypatch.setattr(worker_lean, "run_rows", another_worker_fetches_first)
+    monkeypatch.setattr(lean_paths, "run_rows", another_worker_fetches_first)
     assert lean_fetch(first) is None  # the full path answers 409
     racing.append(second)
     # In a batch, the raced task is refused (by the full path) and the other one leased.

@@ -92,3 +92,33 @@ class KeyedRead:
         if len(keys) == 1:
             return run_rows(self.one, {"keys": keys[0]})
         return run_rows(self.many, {"keys": keys}, prepare=False)
+
+
+@dataclass(frozen=True)
+class ItemsStatement:
+    """A statement over a list of items (`{items}` in its text, a relation of one row per
+    item), in two forms: the items as arrays (`unnest`), and one item as plain values, both
+    prepared. PostgreSQL keeps a generic plan of either, but the array form's assumes ten
+    items: given one item, the plan cache would find a custom plan cheaper and plan every
+    call afresh."""
+
+    one: str
+    many: str
+
+    @classmethod
+    def over(cls, template: str, columns: list[tuple[str, str, str]]) -> ItemsStatement:
+        """`columns`: (parameter, SQL type, column name) of each of an item's values."""
+        arrays = ", ".join(f"%({param})s::{type_}[]" for param, type_, _ in columns)
+        names = ", ".join(name for _, _, name in columns)
+        values = ", ".join(f"%({param})s::{type_} AS {name}" for param, type_, name in columns)
+        one = f"SELECT {values}"
+        many = f"SELECT * FROM unnest({arrays}) AS v({names})"  # noqa: S608 (our own names)
+        return cls(template.replace("{items}", one), template.replace("{items}", many))
+
+    def rows(
+        self, items: dict[str, list[Any]], params: dict[str, Any]
+    ) -> list[tuple[Any, ...]] | None:
+        """Run it over `items` (each parameter's list of values, one per item) with `params`."""
+        if len(next(iter(items.values()))) == 1:
+            return run_rows(self.one, {**{k: v[0] for k, v in items.items()}, **params})
+        return run_rows(self.many, {**items, **params})

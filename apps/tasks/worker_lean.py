@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from apps.dags.models import node_map_of
 from apps.datasets.models import commit_version
 from apps.orgs.authentication import WorkerPrincipal
-from apps.tasks.lean import KeyedRead, lean_possible, run_rows
+from apps.tasks.lean import ItemsStatement, KeyedRead, lean_possible
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import CHANNEL
 from apps.tasks.worker_api import (
@@ -76,18 +76,26 @@ WHERE t.id {match}
 # queued -> running (`lifecycle.task_start_many`'s fields; both states count as in flight,
 # so no lane counter moves), only for the dispatch whose token was checked; then the attempts
 # and the output datasets the leases name. Items come in task id order, the order the full
-# path locks them in.
-_START = """
+# path locks them in. Each task is locked by its id alone, in a lateral subquery that the
+# state checks stay out of (`OFFSET 0`), then moved by its row address: no plan can start
+# from the tasks, as a generic plan made while few tasks were queued had, scanning every
+# queued task at each call.
+_START = ItemsStatement.over(
+    """
 WITH item AS (
-    SELECT * FROM unnest(%(task_ids)s::uuid[], %(dispatch_counts)s::integer[],
-        %(leases)s::text[], %(deadlines)s::timestamptz[], %(outputs)s::text[])
-        AS v(task_id, dispatch_count, lease, deadline, output)
+    {items}
+), picked AS (
+    SELECT i.*, x.task_row FROM item i CROSS JOIN LATERAL (
+        SELECT t.ctid AS task_row, t.state, t.dispatch_count FROM tasks t WHERE t.id = i.task_id
+        OFFSET 0 FOR UPDATE
+    ) x
+    WHERE x.state = 'queued' AND x.dispatch_count = i.dispatch_count
 ), started AS (
     UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_token = i.lease,
         lease_expires_at = %(expires)s, deadline_at = i.deadline, started_at = %(now)s,
         error = NULL
-    FROM item i
-    WHERE t.id = i.task_id AND t.state = 'queued' AND t.dispatch_count = i.dispatch_count
+    FROM picked i
+    WHERE t.ctid = i.task_row
     RETURNING t.id, t.org_id, t.attempt, i.lease, i.output
 ), attempt AS (
     INSERT INTO task_attempts (task_id, number, worker_id, lease_token, started_at,
@@ -98,12 +106,20 @@ WITH item AS (
 SELECT s.id, s.attempt, d.id, d.backend, d.live_generation, d.schema::text, d.storage_prefix
 FROM started s
 LEFT JOIN datasets d ON d.org_id = s.org_id AND d.dataset_id = s.output
-"""
+""",
+    [
+        ("task_ids", "uuid", "task_id"),
+        ("dispatch_counts", "integer", "dispatch_count"),
+        ("leases", "text", "lease"),
+        ("deadlines", "timestamptz", "deadline"),
+        ("outputs", "text", "output"),
+    ],
+)
 
 LEAN_FIELDS = frozenset({"lease_token", "outputs", "logs", "metrics", "payload"})
 
 _NODES_OF_LEASES = KeyedRead.matching("""
-SELECT a.lease_token, t.dag_version_id, t.node_id, t.lane, v.config_hash, g.name
+SELECT a.lease_token, a.task_id, t.dag_version_id, t.node_id, t.lane, v.config_hash, g.name
 FROM task_attempts a
 JOIN tasks t ON t.id = a.task_id
 JOIN dag_versions v ON v.id = t.dag_version_id
@@ -112,33 +128,39 @@ WHERE a.lease_token {match}
 """)
 
 # `held` locks the attempts and their tasks (in task order; attempt and task together, the
-# order the full path locks them in) only while each lease is live; every write below hangs
-# off those rows, so a lease that is gone writes nothing. The generation's row lock
+# order the full path locks them in), each reached by its item's lease token alone (as in
+# `_START`, the checks stay out of the lateral subquery), and keeps those whose lease is
+# live; every write below hangs off those rows (by their row addresses), so a lease that
+# is gone writes nothing. The generation's row lock
 # serializes its commits as `commits_record` does (which also creates the row on a
 # generation's first commit), and its seqs are handed out in the items' order; the lane
 # counter is the last row locked, as in `counted_atomic`. The states, outcome and lane
 # weights are the ones `lifecycle` moves between (running -> succeeded: one fewer in
 # flight). The items are of one node and lane (one claim's).
-_COMPLETE = """
+_COMPLETE_TEMPLATE = """
 WITH item AS (
-    SELECT * FROM unnest(%(tokens)s::text[], %(event_ids)s::uuid[], %(payloads)s::jsonb[],
-        %(logs)s::text[], %(metrics)s::jsonb[]) WITH ORDINALITY
-        AS v(token, event_id, payload, logs, metrics, ord)
+    {items}
 ), held AS (
-    SELECT i.*, a.id AS attempt_id, t.id AS task_id, t.org_id, t.mode, e.id AS input_id,
-        e.dataset_id AS input_dataset, e.range_start, e.range_end,
-        c.generation AS input_generation, c.seq AS input_seq
-    FROM item i
-    JOIN task_attempts a ON a.lease_token = i.token
-    JOIN tasks t ON t.id = a.task_id
-    JOIN events e ON e.id = t.event_id
-    LEFT JOIN dataset_commits c ON c.id = e.commit_id
-    WHERE a.outcome = '' AND t.state = 'running' AND t.lease_token = a.lease_token
-        AND t.lease_expires_at > %(now)s AND t.dag_version_id = %(version_id)s
-        AND t.node_id = %(node_id)s AND t.lane = %(lane)s
-        AND (%(org_id)s::bigint IS NULL OR t.org_id = %(org_id)s::bigint)
-    ORDER BY t.id
-    FOR UPDATE OF a, t
+    SELECT i.*, x.attempt_row, x.task_row, x.task_id, x.org_id, x.mode,
+        x.input_id, x.input_dataset, x.range_start, x.range_end, x.input_generation,
+        x.input_seq
+    FROM item i CROSS JOIN LATERAL (
+        SELECT a.ctid AS attempt_row, a.outcome, t.ctid AS task_row,
+            t.id AS task_id, t.org_id, t.mode, t.state, t.lease_token, t.lease_expires_at,
+            t.dag_version_id, t.node_id, t.lane, e.id AS input_id,
+            e.dataset_id AS input_dataset, e.range_start, e.range_end,
+            c.generation AS input_generation, c.seq AS input_seq
+        FROM task_attempts a
+        JOIN tasks t ON t.id = a.task_id
+        JOIN events e ON e.id = t.event_id
+        LEFT JOIN dataset_commits c ON c.id = e.commit_id
+        WHERE a.lease_token = i.token
+        OFFSET 0 FOR UPDATE OF a, t
+    ) x
+    WHERE x.outcome = '' AND x.state = 'running' AND x.lease_token = i.token
+        AND x.lease_expires_at > %(now)s AND x.dag_version_id = %(version_id)s
+        AND x.node_id = %(node_id)s AND x.lane = %(lane)s
+        AND (%(org_id)s::bigint IS NULL OR x.org_id = %(org_id)s::bigint)
 ), output AS (
     SELECT d.id, d.live_generation, (SELECT count(*) FROM held) AS n FROM datasets d
     WHERE d.org_id = (SELECT org_id FROM held LIMIT 1) AND d.dataset_id = %(output)s
@@ -172,27 +194,35 @@ WITH item AS (
 ), lineage AS (
     INSERT INTO task_inputs (task_id, dataset_id, generation, seq_start, seq_end, event_id)
     SELECT n.task_id, n.input_dataset, n.input_generation, n.input_seq, n.input_seq, n.input_id
-    FROM numbered n JOIN emitted m ON m.producer_task_id = n.task_id
-    WHERE n.input_generation IS NOT NULL
+    FROM numbered n WHERE n.input_generation IS NOT NULL
 ), succeeded AS (
     UPDATE tasks t SET state = 'succeeded', lease_token = NULL, lease_expires_at = NULL,
-        deadline_at = NULL, finished_at = %(now)s, output_event_id = m.id
-    FROM emitted m
-    WHERE t.id = m.producer_task_id AND t.state = 'running'
+        deadline_at = NULL, finished_at = %(now)s, output_event_id = n.event_id
+    FROM numbered n WHERE t.ctid = n.task_row
     RETURNING t.id
 ), ended AS (
     UPDATE task_attempts a SET outcome = 'succeeded', ended_at = %(now)s, logs = n.logs,
         metrics = n.metrics
-    FROM numbered n JOIN succeeded s ON s.id = n.task_id
-    WHERE a.id = n.attempt_id
+    FROM numbered n WHERE a.ctid = n.attempt_row
 ), counted AS (
     UPDATE node_lanes l SET in_flight = l.in_flight - (SELECT count(*) FROM succeeded)
     WHERE l.dag_version_id = %(version_id)s AND l.node_id = %(node_id)s AND l.lane = %(lane)s
         AND EXISTS (SELECT 1 FROM succeeded)
 )
 SELECT n.token, n.task_id, (SELECT pg_notify(%(channel)s, '') IS NOT NULL)
-FROM numbered n JOIN succeeded s ON s.id = n.task_id
+FROM numbered n
 """
+_COMPLETE = ItemsStatement.over(
+    _COMPLETE_TEMPLATE,
+    [
+        ("tokens", "text", "token"),
+        ("event_ids", "uuid", "event_id"),
+        ("payloads", "jsonb", "payload"),
+        ("logs", "text", "logs"),
+        ("metrics", "jsonb", "metrics"),
+        ("positions", "integer", "ord"),
+    ],
+)
 
 
 def lean_task_fetch(principal: Principal, body: bytes) -> dict[str, Any] | None:
@@ -269,8 +299,7 @@ def _lease_plain(
     expires = now + dt.timedelta(seconds=lease_ttl_s())
     order = sorted(tasks)
     leases = {task_id: secrets.token_urlsafe(32) for task_id in order}
-    started = run_rows(
-        _START,
+    started = _START.rows(
         {
             "task_ids": order,
             "dispatch_counts": [tasks[t][2] for t in order],
@@ -279,10 +308,8 @@ def _lease_plain(
                 now + dt.timedelta(seconds=float(nodes[t].get("timeout_s", 3600))) for t in order
             ],
             "outputs": [(nodes[t].get("output") or {}).get("dataset") for t in order],
-            "expires": expires,
-            "now": now,
-            "worker_id": worker_id[:200],
         },
+        {"expires": expires, "now": now, "worker_id": worker_id[:200]},
     )
     if started is None:
         return None
@@ -381,34 +408,39 @@ def lean_task_complete(principal: Principal, body: bytes) -> Any:
 def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | None:
     """Complete the plain items (all of them plain, of one node and lane; else None): the
     answers of those completed, by index, or None when none was."""
-    tokens, payloads, logs, metrics = [], [], [], []
+    plains = []
     for item in items:
         plain = _plain_completion(item)
         if plain is None:
             return None
-        tokens.append(plain[0])
-        payloads.append(Jsonb(plain[1]))
-        logs.append(log_tail(plain[2]))
-        metrics.append(Jsonb(plain[3]))
+        plains.append(plain)
     caller = principal()  # only now: a call the full path takes is authenticated there, once
+    tokens = [plain[0] for plain in plains]
     if len(set(tokens)) != len(tokens) or caller is None:
         return None
     leases = _NODES_OF_LEASES.rows(tokens)
-    if not leases or len(leases) != len(tokens) or len({row[1:] for row in leases}) != 1:
+    if not leases or len(leases) != len(tokens) or len({row[2:] for row in leases}) != 1:
         return None  # an unknown token, or more than one node or lane: the full path
-    _, version_id, node_id, lane, config_hash, dag = leases[0]
+    _, _, version_id, node_id, lane, config_hash, dag = leases[0]
     output = node_map_of(version_id, config_hash)[node_id].get("output") or {}
     if not output.get("dataset") or output.get("update_strategy") == "replace":
         return None
+    # The statement locks the items' rows in the order they come: task order, as elsewhere.
+    task_of = {row[0]: row[1] for row in leases}
+    order = sorted(range(len(plains)), key=lambda index: task_of[plains[index][0]])
+    ordered = [plains[index] for index in order]
+    tokens = [token for token, _, _, _ in ordered]
     event_ids = [uuid.uuid4() for _ in tokens]
-    completed = run_rows(
-        _COMPLETE,
+    completed = _COMPLETE.rows(
         {
             "tokens": tokens,
             "event_ids": event_ids,
-            "payloads": payloads,
-            "logs": logs,
-            "metrics": metrics,
+            "payloads": [Jsonb(payload) for _, payload, _, _ in ordered],
+            "logs": [log_tail(logs) for _, _, logs, _ in ordered],
+            "metrics": [Jsonb(metrics) for _, _, _, metrics in ordered],
+            "positions": order,  # the items' own order, which hands out the seqs
+        },
+        {
             "now": timezone.now(),
             "version_id": version_id,
             "node_id": node_id,
@@ -421,12 +453,13 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
     )
     if not completed:  # none was live, or the output is not what the statement writes
         return None  # (a postgres dataset): the full path takes the whole call, in bulk
-    index_of = {token: index for index, token in enumerate(tokens)}
+    index_of = {plain[0]: index for index, plain in enumerate(plains)}
+    event_of = dict(zip(tokens, event_ids, strict=True))
     return {
         index_of[token]: {
             "task_id": str(task_id),
             "state": "succeeded",
-            "event": {"id": str(event_ids[index_of[token]])},
+            "event": {"id": str(event_of[token])},
         }
         for token, task_id, _ in completed
     }
