@@ -460,7 +460,7 @@ def task_attempts_ended_many(
 # left each lane's in-flight count.
 _END_RUNNING = """
 WITH picked AS (
-    SELECT id, lease_token, dag_version_id, node_id, lane,
+    SELECT id, ctid AS task_row, lease_token, dag_version_id, node_id, lane,
         attempt - attempts_base AS used, max_attempts
     FROM tasks WHERE state = 'running' AND {column} < %(now)s
     ORDER BY {column} LIMIT %(limit)s
@@ -490,7 +490,7 @@ WITH picked AS (
             ELSE t.next_attempt_at END,
         finished_at = CASE WHEN p.used < p.max_attempts THEN t.finished_at ELSE %(now)s END
     FROM picked p JOIN retry r ON r.dag_version_id = p.dag_version_id AND r.node_id = p.node_id
-    WHERE t.id = p.id AND t.state = 'running'
+    WHERE t.ctid = p.task_row AND t.state = 'running'  -- the locked row, by its address
     RETURNING p.dag_version_id, p.node_id, p.lane
 )
 SELECT dag_version_id, node_id, lane, count(*) FROM moved GROUP BY 1, 2, 3
