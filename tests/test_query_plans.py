@@ -156,6 +156,32 @@ def test_the_lean_fetch_and_completion_find_each_task_by_its_item(
     assert "task_lease_idx" not in complete, complete
 
 
+def test_calls_of_a_few_items_keep_one_plan(settings, world: World, recorder: RecordingAdapter):
+    """Fetches and completions of three tasks each: after the plan cache's five custom plans,
+    each runs the generic plan it keeps (planning the completion takes about a millisecond)."""
+    assert connection.vendor == "postgresql"
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    deploy(world.acme, chain_config())
+    events = [{"dataset": "chain.src", "idempotency_key": f"f{i}"} for i in range(24)]
+    events_ingest(world.acme, {"events": events})
+    fan_out_pending_events()
+    messages = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
+    caller: Callable[[], WorkerPrincipal] = lambda: POOL  # noqa: E731
+    for first in range(0, 24, 3):
+        batch = {"tasks": messages[first : first + 3]}
+        answer = lean_task_fetch(caller, json.dumps(batch).encode())
+        assert answer is not None and len(answer["leases"]) == 3
+        items = [{"lease_token": lease["lease"]["token"]} for lease in answer["leases"]]
+        assert lean_task_complete(caller, json.dumps({"items": items}).encode()) is not None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement LIKE '%%dataset_commits%%', generic_plans, custom_plans"
+            " FROM pg_prepared_statements WHERE statement LIKE '%%unnest(%%LATERAL%%'"
+        )
+        plans = {completion: (generic, custom) for completion, generic, custom in cursor}
+    assert plans == {False: (3, 5), True: (3, 5)}, plans  # the fetch's and the completion's
+
+
 def test_the_memo_check_reads_the_memo_index_for_any_number_of_keys(world: World):
     """PostgreSQL proves a partial index's predicate from an IN list of at most 100 values;
     the check names the predicate itself, so a fan-out of 1,000 events reads the index."""
