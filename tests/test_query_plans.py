@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -35,23 +36,32 @@ def _prepared() -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
+def _lean_chain(settings: Any, world: World) -> None:
+    """The chain deployed, under the notify trigger the lean paths need (PostgreSQL)."""
+    assert connection.vendor == "postgresql"
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    deploy(world.acme, chain_config())
+
+
+def _queued(world: World, recorder: RecordingAdapter, count: int, prefix: str) -> list[dict]:
+    """`count` op1 tasks dispatched: their fetch items."""
+    events = [{"dataset": "chain.src", "idempotency_key": f"{prefix}{i}"} for i in range(count)]
+    events_ingest(world.acme, {"events": events})
+    fan_out_pending_events()
+    items = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
+    assert len(items) == count
+    return items
+
+
 def test_a_lean_read_of_one_key_is_prepared_and_of_several_is_not(
     settings, world: World, recorder: RecordingAdapter
 ):
     """A prepared `= ANY($1)` read either planned every call (one key) or kept a generic plan
     made while the tables were small; `= $1` keeps the one plan it needs."""
-    assert connection.vendor == "postgresql"
-    settings.SLUICE_DISPATCH_TRIGGER = "notify"
-    deploy(world.acme, chain_config())
-    events = [{"dataset": "chain.src", "idempotency_key": f"p{i}"} for i in range(4)]
-    events_ingest(world.acme, {"events": events})
-    fan_out_pending_events()
-    messages = recorder.take("op1")
-    assert len(messages) == 4
+    _lean_chain(settings, world)
+    single, *batch = _queued(world, recorder, 4, "p")
     caller = lambda: POOL  # noqa: E731
-    single = {k: messages[0][k] for k in ("task_id", "dispatch_token")}
     assert lean_task_fetch(caller, json.dumps(single).encode()) is not None
-    batch = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in messages[1:]]
     answer = lean_task_fetch(caller, json.dumps({"tasks": batch}).encode())
     assert answer is not None and len(answer["leases"]) == 3
     statements = _prepared()
@@ -132,15 +142,10 @@ def test_the_lean_fetch_and_completion_find_each_task_by_its_item(
     """Generic plans made while the statistics say no task is queued or running: free to
     start from the tasks, the planner had scanned every queued (or running) task at each
     call, as many as the lanes' caps allow. The lateral joins leave it the items' keys."""
-    assert connection.vendor == "postgresql"
-    settings.SLUICE_DISPATCH_TRIGGER = "notify"
-    deploy(world.acme, chain_config())
-    events = [{"dataset": "chain.src", "idempotency_key": f"g{i}"} for i in range(4)]
+    _lean_chain(settings, world)
     caller: Callable[[], WorkerPrincipal] = lambda: POOL  # noqa: E731
     with _finished_tasks(DagVersion.objects.get(dag__org=world.acme).pk, 3000):
-        events_ingest(world.acme, {"events": events})
-        fan_out_pending_events()
-        batch = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
+        batch = _queued(world, recorder, 4, "g")
         with _generic_plans() as plans:
             answer = lean_task_fetch(caller, json.dumps({"tasks": batch}).encode())
             assert answer is not None and len(answer["leases"]) == 4
@@ -159,13 +164,8 @@ def test_the_lean_fetch_and_completion_find_each_task_by_its_item(
 def test_calls_of_a_few_items_keep_one_plan(settings, world: World, recorder: RecordingAdapter):
     """Fetches and completions of three tasks each: after the plan cache's five custom plans,
     each runs the generic plan it keeps (planning the completion takes about a millisecond)."""
-    assert connection.vendor == "postgresql"
-    settings.SLUICE_DISPATCH_TRIGGER = "notify"
-    deploy(world.acme, chain_config())
-    events = [{"dataset": "chain.src", "idempotency_key": f"f{i}"} for i in range(24)]
-    events_ingest(world.acme, {"events": events})
-    fan_out_pending_events()
-    messages = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
+    _lean_chain(settings, world)
+    messages = _queued(world, recorder, 24, "f")
     caller: Callable[[], WorkerPrincipal] = lambda: POOL  # noqa: E731
     for first in range(0, 24, 3):
         batch = {"tasks": messages[first : first + 3]}
