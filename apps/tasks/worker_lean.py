@@ -131,12 +131,12 @@ WHERE a.lease_token {match}
 # order the full path locks them in), each reached by its item's lease token alone (as in
 # `_START`, the checks stay out of the lateral subquery), and keeps those whose lease is
 # live; every write below hangs off those rows (by their row addresses), so a lease that
-# is gone writes nothing. The generation's row lock
-# serializes its commits as `commits_record` does (which also creates the row on a
-# generation's first commit), and its seqs are handed out in the items' order; the lane
-# counter is the last row locked, as in `counted_atomic`. The states, outcome and lane
-# weights are the ones `lifecycle` moves between (running -> succeeded: one fewer in
-# flight). The items are of one node and lane (one claim's).
+# is gone writes nothing. The generation's row lock serializes its commits as
+# `commits_record` does (which also creates the row on a generation's first commit), and
+# its seqs are handed out in the items' own order (`ord`); the lane counter is the last row
+# locked, as in `counted_atomic`. The states, outcome and lane weights are the ones
+# `lifecycle` moves between (running -> succeeded: one fewer in flight). The items are of
+# one node and lane (one claim's).
 _COMPLETE_TEMPLATE = """
 WITH item AS (
     {items}
