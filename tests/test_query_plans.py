@@ -92,6 +92,7 @@ def _generic_plans() -> Iterator[list[str]]:
         with connection.cursor() as cursor:
             cursor.execute("RESET plan_cache_mode")
             cursor.execute("RESET auto_explain.log_min_duration")
+            cursor.execute("RESET auto_explain.log_level")
 
 
 def _plan_of(plans: list[str], *, touching: str) -> str:
@@ -110,7 +111,7 @@ def _finished_tasks(version_id: int, count: int) -> Iterator[None]:
             "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, lane, mode,"
             " attempt, attempts_base, max_attempts, dispatch_count, created_at, memo_key)"
             " SELECT gen_random_uuid(), v.org_id, v.id, 'op1', gen_random_uuid(), 'succeeded',"
-            " 'live', 'live', 1, 0, 3, 1, now(), 'bench' FROM generate_series(1, %s),"
+            " 'live', 'live', 1, 0, 3, 1, now(), 'filler' FROM generate_series(1, %s),"
             " (SELECT v.id, g.org_id FROM dag_versions v JOIN dags g ON g.id = v.dag_id"
             "  WHERE v.id = %s) v",
             [count, version_id],
@@ -118,7 +119,7 @@ def _finished_tasks(version_id: int, count: int) -> Iterator[None]:
         cursor.execute(
             "INSERT INTO task_attempts (task_id, number, worker_id, lease_token, started_at,"
             " outcome, logs, metrics, progress) SELECT id, 1, 'w', md5(id::text), now(),"
-            " 'succeeded', '', '{}', '{}' FROM tasks WHERE memo_key = 'bench'",
+            " 'succeeded', '', '{}', '{}' FROM tasks WHERE memo_key = 'filler'",
         )
         for table in tables:
             cursor.execute(f"ANALYZE {table}")
@@ -128,9 +129,9 @@ def _finished_tasks(version_id: int, count: int) -> Iterator[None]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "DELETE FROM task_attempts WHERE task_id IN"
-                " (SELECT id FROM tasks WHERE memo_key = 'bench')"
+                " (SELECT id FROM tasks WHERE memo_key = 'filler')"
             )
-            cursor.execute("DELETE FROM tasks WHERE memo_key = 'bench'")
+            cursor.execute("DELETE FROM tasks WHERE memo_key = 'filler'")
             cursor.execute(
                 "DELETE FROM pg_statistic WHERE starelid = ANY(%s::regclass[])", [list(tables)]
             )
