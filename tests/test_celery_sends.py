@@ -1,6 +1,7 @@
 """The python runtime's sends (`CeleryPoolAdapter.send_many`) through a real Redis broker:
 a tick's messages go through one producer in one pipeline, one message per claim, and a
-broker that cannot be reached fails every send of the tick (their tasks go back to pending)."""
+broker that cannot be reached fails every send of the tick (their tasks go back to pending).
+A worker's delivery keeps no bookkeeping in Redis (ADR 0017)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,26 @@ print(json.dumps(sorted(str(task_id) for task_id in CeleryPoolAdapter().send_man
 """
 
 
-def send_a_tick(broker: str, tmp_path: Path) -> list[str]:
-    """The ids whose send failed."""
+# A worker's consumer takes one message off a queue, unacknowledged, as Celery's does, then
+# reports what the broker holds meanwhile.
+DELIVERY = r"""
+import json
+import django
+django.setup()
+import redis
+from config.celery import app
+with app.connection_for_read() as connection:
+    queue = connection.SimpleQueue("probe")
+    queue.put({"n": 1})
+    message = queue.get(timeout=5)
+    keys = sorted(k.decode() for k in redis.Redis.from_url(app.conf.broker_url).keys("*"))
+    print(json.dumps({"body": message.payload, "keys": keys}))
+    message.ack()
+"""
+
+
+def run_with_broker(script: str, broker: str, tmp_path: Path) -> Any:
+    """Run `script` in a process whose Celery uses `broker`; the JSON of its last line."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "DJANGO_"))},
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -42,7 +61,7 @@ def send_a_tick(broker: str, tmp_path: Path) -> list[str]:
         "SLUICE_API_URL": "http://127.0.0.1:9",
     }
     done = subprocess.run(
-        [sys.executable, "-c", SENDS],
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -50,7 +69,12 @@ def send_a_tick(broker: str, tmp_path: Path) -> list[str]:
         timeout=120,
         check=True,
     )
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def send_a_tick(broker: str, tmp_path: Path) -> list[str]:
+    """The ids whose send failed."""
+    return list(run_with_broker(SENDS, broker, tmp_path))
 
 
 def queued_messages(client: redis.Redis) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -92,3 +116,16 @@ def test_an_unreachable_broker_fails_every_send_of_the_tick(tmp_path):
     assert failed == sorted(
         f"00000000-0000-0000-0000-{10 * n + i:012x}" for n in (1, 2, 3) for i in range(n)
     )
+
+
+def test_a_delivered_message_leaves_no_unacked_copy_in_redis(tmp_path):
+    """No ack emulation: a message a worker holds is in its memory only. One lost with its
+    worker leaves its task queued, which the reaper's queued_timeout sends again (D11)."""
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    try:
+        delivered = run_with_broker(DELIVERY, BROKER, tmp_path)
+    finally:
+        client.flushdb()
+    assert delivered["body"] == {"n": 1}
+    assert not [key for key in delivered["keys"] if key.startswith("unacked")]

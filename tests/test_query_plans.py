@@ -1,6 +1,6 @@
 """Hot statements keep the plans they were written for (PostgreSQL only, ADR 0014, 0015,
-0016): a lean read of one key is prepared once and an array read is planned on each call;
-the lean fetch and completion reach their rows through their items, whatever plan is kept;
+0016, 0017): the lean fetch and completion, their reads included, reach their rows through
+their items, whatever plan is kept, and keep one plan for calls of a few items;
 the memo check reads the memo index whatever the number of keys; a claim starts at its
 lane's floor."""
 
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 POOL = WorkerPrincipal(org=None, key_id=None)
 
 
-def _prepared() -> list[str]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        return [row[0] for row in cursor.fetchall()]
-
-
 def _lean_chain(settings: Any, world: World) -> None:
     """The chain deployed, under the notify trigger the lean paths need (PostgreSQL)."""
     assert connection.vendor == "postgresql"
@@ -51,22 +45,6 @@ def _queued(world: World, recorder: RecordingAdapter, count: int, prefix: str) -
     items = [{k: m[k] for k in ("task_id", "dispatch_token")} for m in recorder.take("op1")]
     assert len(items) == count
     return items
-
-
-def test_a_lean_read_of_one_key_is_prepared_and_of_several_is_not(
-    settings, world: World, recorder: RecordingAdapter
-):
-    """A prepared `= ANY($1)` read either planned every call (one key) or kept a generic plan
-    made while the tables were small; `= $1` keeps the one plan it needs."""
-    _lean_chain(settings, world)
-    single, *batch = _queued(world, recorder, 4, "p")
-    caller = lambda: POOL  # noqa: E731
-    assert lean_task_fetch(caller, json.dumps(single).encode()) is not None
-    answer = lean_task_fetch(caller, json.dumps({"tasks": batch}).encode())
-    assert answer is not None and len(answer["leases"]) == 3
-    statements = _prepared()
-    assert any("WHERE t.id = $1" in s for s in statements), statements
-    assert not any("= ANY($1)" in s for s in statements), statements
 
 
 @contextmanager
@@ -95,8 +73,8 @@ def _generic_plans() -> Iterator[list[str]]:
             cursor.execute("RESET auto_explain.log_level")
 
 
-def _plan_of(plans: list[str], *, touching: str) -> str:
-    [plan] = [p for p in plans if touching in p]
+def _plan_of(plans: list[str], *, touching: str, reading: str = "") -> str:
+    [plan] = [p for p in plans if touching in p and reading in p]
     return plan
 
 
@@ -160,11 +138,19 @@ def test_the_lean_fetch_and_completion_find_each_task_by_its_item(
     assert "Index Scan using attempt_lease_token_unique" in complete, complete
     assert "Index Scan using tasks_pkey on tasks" in complete, complete
     assert "task_lease_idx" not in complete, complete
+    # The reads before them: the tasks to lease with their events, the nodes of the leases.
+    to_lease = _plan_of(plans, touching="Function Scan on unnest", reading="events_pkey")
+    assert "Index Scan using tasks_pkey on tasks" in to_lease, to_lease
+    assert "Seq Scan" not in to_lease, to_lease
+    nodes = _plan_of(plans, touching="Function Scan on unnest", reading="attempt_lease_token")
+    assert "Index Scan using tasks_pkey on tasks" in nodes, nodes
+    assert "Seq Scan" not in nodes, nodes
 
 
 def test_calls_of_a_few_items_keep_one_plan(settings, world: World, recorder: RecordingAdapter):
     """Fetches and completions of three tasks each: after the plan cache's five custom plans,
-    each runs the generic plan it keeps (planning the completion takes about a millisecond)."""
+    each statement runs the generic plan it keeps (planning the completion takes about a
+    millisecond, each read about half of one)."""
     _lean_chain(settings, world)
     messages = _queued(world, recorder, 24, "f")
     caller: Callable[[], WorkerPrincipal] = lambda: POOL  # noqa: E731
@@ -176,11 +162,23 @@ def test_calls_of_a_few_items_keep_one_plan(settings, world: World, recorder: Re
         assert lean_task_complete(caller, json.dumps({"items": items}).encode()) is not None
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT statement LIKE '%%dataset_commits%%', generic_plans, custom_plans"
-            " FROM pg_prepared_statements WHERE statement LIKE '%%unnest(%%LATERAL%%'"
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%unnest(%%LATERAL%%'"
         )
-        plans = {completion: (generic, custom) for completion, generic, custom in cursor}
-    assert plans == {False: (3, 5), True: (3, 5)}, plans  # the fetch's and the completion's
+        prepared = cursor.fetchall()
+    names = {
+        "LEFT JOIN datasets d ON d.id = c.dataset_id": "read of the tasks to lease",
+        "INSERT INTO task_attempts": "fetch",
+        "WHERE a.lease_token = i.token": "read of the leases' nodes",
+        "INSERT INTO dataset_commits": "completion",
+    }
+    plans = {
+        name: (generic, custom)
+        for statement, generic, custom in prepared
+        for marker, name in names.items()
+        if marker in statement
+    }
+    assert len(prepared) == 4 and plans == dict.fromkeys(names.values(), (3, 5)), prepared
 
 
 def test_the_memo_check_reads_the_memo_index_for_any_number_of_keys(world: World):
@@ -234,3 +232,56 @@ def test_a_claim_starts_at_the_floor_not_at_a_drained_backlog(settings, world: W
     NodeLane.objects.filter(pk=lane.pk).update(claim_floor=None)
     from_the_start = _claim_buffers()
     assert floored * 4 < from_the_start, (floored, from_the_start)  # 3 and 20 pages here
+
+
+def _unfanned_scan_pages() -> tuple[str, int]:
+    """Fan out the waiting events under auto_explain: the kind of the node that read the
+    unfanned-events index, and the pages it read."""
+    nodes: list[dict] = []
+    connection.ensure_connection()
+
+    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
+        text = diagnostic.message_primary or ""
+        if "event_unfanned_idx" in text:
+            nodes.append(json.loads(text[text.index("{") :])["Plan"])
+
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        for setting in ("log_analyze", "log_buffers"):
+            cursor.execute(f"SET auto_explain.{setting} = on")
+        cursor.execute("SET auto_explain.log_format = json")
+        cursor.execute("SET auto_explain.log_min_duration = 0")
+        cursor.execute("SET auto_explain.log_level = notice")
+    connection.connection.add_notice_handler(collect)
+    try:
+        fan_out_pending_events()
+    finally:
+        connection.connection.remove_notice_handler(collect)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ALL")
+
+    def scan(node: dict) -> dict | None:
+        if node.get("Index Name") == "event_unfanned_idx":
+            return node
+        return next(filter(None, (scan(child) for child in node.get("Plans", []))), None)
+
+    [plan] = nodes
+    found = scan(plan)
+    assert found is not None, plan
+    return found["Node Type"], int(found["Shared Hit Blocks"] + found["Shared Read Blocks"])
+
+
+def test_a_fan_out_skips_the_events_fanned_out_before_it(settings, world: World):
+    """Fanned-out events keep their entries in the unfanned-events index until a vacuum; the
+    fan-out's index scan marks them dead, so the next fan-out skips them in the index (a
+    bitmap scan read each of their heap pages again at every fan-out)."""
+    _lean_chain(settings, world)
+    for chunk in range(2):
+        events = [{"dataset": "chain.src", "idempotency_key": f"u{chunk}-{i}"} for i in range(1000)]
+        events_ingest(world.acme, {"events": events})
+    assert fan_out_pending_events() == 1000 and fan_out_pending_events() == 1000
+    for n in range(2):
+        events_ingest(world.acme, {"dataset": "chain.src", "idempotency_key": f"next{n}"})
+        kind, pages = _unfanned_scan_pages()
+        assert kind == "Index Scan", kind
+    assert pages < 10, pages  # past 2,000 dead entries, marked by the scan before

@@ -320,10 +320,21 @@ _FANNED_OUT_FIELDS = (
 )
 
 
+def _scan_unfanned_in_index_order() -> None:
+    """Every fanned-out event leaves a dead entry in `event_unfanned_idx` until a vacuum, in
+    front of the events still waiting. The bitmap scan PostgreSQL picks when its statistics
+    say few events wait visits each of them in the heap, at every fan-out; an index scan marks
+    the dead ones as it passes, and later scans skip them in the index (ADR 0017)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
+
+
 def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
     with counted_atomic():
+        _scan_unfanned_in_index_order()
         events = load_models(
             ("pending_events", limit),
             lambda: (

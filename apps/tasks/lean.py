@@ -69,32 +69,6 @@ def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
 
 
 @dataclass(frozen=True)
-class KeyedRead:
-    """A read of the rows matching a list of keys: `key = $1`, prepared, for one key, and
-    `key = ANY($1)`, planned on each call, for more. Planning the lean reads' joins takes
-    ~0.3 ms against ~0.05 ms to run them, so the one-key form keeps its generic plan (an
-    equality on a unique key: the plan is the same whatever the table's size). A generic plan
-    of the array form would be kept too, as it was first made: made while a table was small,
-    it scanned that table whole at every call once the table had grown (~2 ms per call)."""
-
-    one: str
-    many: str
-
-    @classmethod
-    def matching(cls, template: str) -> KeyedRead:
-        """`template` with `{match}` where the key's comparison goes."""
-        return cls(
-            template.replace("{match}", "= %(keys)s"),
-            template.replace("{match}", "= ANY(%(keys)s)"),
-        )
-
-    def rows(self, keys: list[Any]) -> list[tuple[Any, ...]] | None:
-        if len(keys) == 1:
-            return run_rows(self.one, {"keys": keys[0]})
-        return run_rows(self.many, {"keys": keys}, prepare=False)
-
-
-@dataclass(frozen=True)
 class ItemsStatement:
     """A prepared statement over a list of items (`{items}` in its text: a relation of one
     row per item), in two forms whose generic plans PostgreSQL keeps for any number of items:
@@ -106,7 +80,10 @@ class ItemsStatement:
       completion's statement); with the limit it takes them for one row, a tenth of ten.
 
     The statements written over it reach each item's rows by its keys (lateral joins), so
-    the estimate changes no access path."""
+    the estimate changes no access path: the plan kept is right for any number of items and
+    any size of table. (Reads of `key = ANY($1)` kept plans made while a table was small,
+    scanning it whole once it had grown, or were planned afresh at every call: ADR 0014,
+    0017.)"""
 
     one: str
     many: str

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from apps.dags.models import node_map_of
 from apps.datasets.models import commit_version
 from apps.orgs.authentication import WorkerPrincipal
-from apps.tasks.lean import ItemsStatement, KeyedRead, lean_possible
+from apps.tasks.lean import ItemsStatement, lean_possible
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.triggers import CHANNEL
 from apps.tasks.worker_api import (
@@ -58,20 +58,31 @@ FETCH_ITEM_FIELDS = frozenset({"task_id", "dispatch_token", "attempt"})
 
 # Everything a lease body tells of the task, its version, its input event and that event's
 # commit and dataset; read without a lock: the move below is conditional on what was read.
-# JSON columns come as text, decoded here (whatever loaders the connection has).
-_TASK_TO_LEASE = KeyedRead.matching("""
-SELECT t.id, t.state, t.dispatch_count, t.org_id, t.dag_version_id, t.node_id, t.max_attempts,
-    t.mode, t.lane, v.config_hash, v.number, g.name,
-    e.id, e.kind, e.dataset_id, e.range_start, e.range_end, e.event_time, e.mode,
-    e.payload::text, c.generation, c.seq, c.files::text, d.backend, d.schema::text
-FROM tasks t
-JOIN dag_versions v ON v.id = t.dag_version_id
-JOIN dags g ON g.id = v.dag_id
-JOIN events e ON e.id = t.event_id
-LEFT JOIN dataset_commits c ON c.id = e.commit_id
-LEFT JOIN datasets d ON d.id = c.dataset_id
-WHERE t.id {match}
-""")
+# JSON columns come as text, decoded here (whatever loaders the connection has). Each task
+# is read by its id alone (a lateral subquery, kept whole by `OFFSET 0`), so the generic plan
+# kept for calls of any size reads it through the primary key.
+_TASK_TO_LEASE = ItemsStatement.over(
+    """
+WITH item AS (
+    {items}
+)
+SELECT x.* FROM item i CROSS JOIN LATERAL (
+    SELECT t.id, t.state, t.dispatch_count, t.org_id, t.dag_version_id, t.node_id,
+        t.max_attempts, t.mode, t.lane, v.config_hash, v.number, g.name,
+        e.id, e.kind, e.dataset_id, e.range_start, e.range_end, e.event_time, e.mode,
+        e.payload::text, c.generation, c.seq, c.files::text, d.backend, d.schema::text
+    FROM tasks t
+    JOIN dag_versions v ON v.id = t.dag_version_id
+    JOIN dags g ON g.id = v.dag_id
+    JOIN events e ON e.id = t.event_id
+    LEFT JOIN dataset_commits c ON c.id = e.commit_id
+    LEFT JOIN datasets d ON d.id = c.dataset_id
+    WHERE t.id = i.task_id
+    OFFSET 0
+) x
+""",
+    [("task_ids", "uuid", "task_id")],
+)
 
 # queued -> running (`lifecycle.task_start_many`'s fields; both states count as in flight,
 # so no lane counter moves), only for the dispatch whose token was checked; then the attempts
@@ -118,14 +129,24 @@ LEFT JOIN datasets d ON d.org_id = s.org_id AND d.dataset_id = s.output
 
 LEAN_FIELDS = frozenset({"lease_token", "outputs", "logs", "metrics", "payload"})
 
-_NODES_OF_LEASES = KeyedRead.matching("""
-SELECT a.lease_token, a.task_id, t.dag_version_id, t.node_id, t.lane, v.config_hash, g.name
-FROM task_attempts a
-JOIN tasks t ON t.id = a.task_id
-JOIN dag_versions v ON v.id = t.dag_version_id
-JOIN dags g ON g.id = v.dag_id
-WHERE a.lease_token {match}
-""")
+_NODES_OF_LEASES = ItemsStatement.over(
+    """
+WITH item AS (
+    {items}
+)
+SELECT x.* FROM item i CROSS JOIN LATERAL (
+    SELECT a.lease_token, a.task_id, t.dag_version_id, t.node_id, t.lane, v.config_hash,
+        g.name
+    FROM task_attempts a
+    JOIN tasks t ON t.id = a.task_id
+    JOIN dag_versions v ON v.id = t.dag_version_id
+    JOIN dags g ON g.id = v.dag_id
+    WHERE a.lease_token = i.token
+    OFFSET 0
+) x
+""",
+    [("tokens", "text", "token")],
+)
 
 # `held` locks the attempts and their tasks (in task order; attempt and task together, the
 # order the full path locks them in), each reached by its item's lease token alone (as in
@@ -279,7 +300,7 @@ def _lease_plain(
         if task_id in wanted or not isinstance(item.get("dispatch_token"), str):
             return None
         wanted[task_id] = item
-    rows = _TASK_TO_LEASE.rows(list(wanted))
+    rows = _TASK_TO_LEASE.rows({"task_ids": list(wanted)}, {})
     caller = principal()
     if rows is None or len(rows) != len(wanted) or caller is None:
         return None
@@ -418,7 +439,7 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
     tokens = [plain[0] for plain in plains]
     if len(set(tokens)) != len(tokens) or caller is None:
         return None
-    leases = _NODES_OF_LEASES.rows(tokens)
+    leases = _NODES_OF_LEASES.rows({"tokens": tokens}, {})
     if not leases or len(leases) != len(tokens) or len({row[2:] for row in leases}) != 1:
         return None  # an unknown token, or more than one node or lane: the full path
     _, _, version_id, node_id, lane, config_hash, dag = leases[0]
