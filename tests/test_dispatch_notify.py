@@ -81,7 +81,7 @@ def test_deferred_fan_out_reads_events_in_bulk(notify, world: World, django_asse
     ]
     client = world["operator"].client()
     assert client.post("/v1/events", {"events": events}, format="json").status_code == 202
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):
         assert fanout.fan_out_pending_events() == 20
     keys = set(Task.objects.values_list("memo_key", flat=True))
     assert len(keys) == 20 and all(len(key) == 64 for key in keys)
