@@ -323,7 +323,14 @@ def run_message(
         client, float(leases[0]["lease"]["heartbeat_interval_s"]), on_beat=on_heartbeat
     )
     heartbeat.start()
-    resolve: HandlerResolver = lambda spec: load_handler(spec, handler_dirs)  # noqa: E731
+    handlers: dict[str, Callable[..., Any]] = {}
+
+    def resolve(spec: str) -> Callable[..., Any]:
+        """Each handler looked up once per message (a batch's tasks are of one node)."""
+        if spec not in handlers:
+            handlers[spec] = load_handler(spec, handler_dirs)
+        return handlers[spec]
+
     completes: list[dict[str, Any]] = []
     fails: list[dict[str, Any]] = []
     try:

@@ -91,7 +91,9 @@ class ItemsStatement:
     @classmethod
     def over(cls, template: str, columns: list[tuple[str, str, str]]) -> ItemsStatement:
         """`columns`: (parameter, SQL type, column name) of each of an item's values."""
-        arrays = ", ".join(f"%({param})s::{type_}[]" for param, type_, _ in columns)
+        # Arrays go in binary: psycopg quotes and escapes each element of a text array in
+        # Python, three times the CPU of the binary form's.
+        arrays = ", ".join(f"%({param})b::{type_}[]" for param, type_, _ in columns)
         names = ", ".join(name for _, _, name in columns)
         values = ", ".join(f"%({param})s::{type_} AS {name}" for param, type_, name in columns)
         one = f"SELECT {values}"
