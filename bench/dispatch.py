@@ -545,8 +545,9 @@ def wait_for(
 ) -> float | None:
     """Wait until `target` tasks of the version succeeded; when the last one finished (epoch
     seconds, from the rows: the polling interval does not enter the figure), or None. Polls
-    a cheap drained check; the count of succeeded tasks (a scan of the table, which took a
-    core's tenth at five a second) only once a second and when drained."""
+    a cheap drained check; counts the succeeded tasks when drained, and for the progress bar
+    only every five seconds (the count scans the version's tasks: ~110 ms a count of 120,000,
+    a tenth of a core when it ran every second)."""
     deadline = time.monotonic() + timeout_s
     next_count = 0.0
     with progress() as bar:
@@ -558,7 +559,7 @@ def wait_for(
                 bar.update(task, completed=done)
                 if done >= target:
                     return last_finish(version_id)
-                next_count = time.monotonic() + 1.0
+                next_count = time.monotonic() + 5.0
                 for death in procs.check_alive():
                     console.print(f"[red]{death}[/]")
                     DEATHS.append(death)
