@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -48,29 +48,37 @@ def _queued(world: World, recorder: RecordingAdapter, count: int, prefix: str) -
 
 
 @contextmanager
-def _generic_plans() -> Iterator[list[str]]:
-    """Run prepared statements on their generic plans, as the plan cache keeps them, and
-    collect the plans they ran (auto_explain's, sent to this session as notices)."""
+def _explained(*settings: tuple[str, str]) -> Iterator[list[str]]:
+    """Collect the plans of the statements run inside (auto_explain's, sent to this session
+    as notices), with these settings for the time; every setting is reset after."""
     plans: list[str] = []
     connection.ensure_connection()
 
     def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
         plans.append(diagnostic.message_primary or "")
 
+    settings = (
+        ("auto_explain.log_min_duration", "0"),
+        ("auto_explain.log_level", "notice"),
+        *settings,
+    )
     with connection.cursor() as cursor:
         cursor.execute("LOAD 'auto_explain'")
-        cursor.execute("SET auto_explain.log_min_duration = 0")
-        cursor.execute("SET auto_explain.log_level = notice")
-        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        for name, value in settings:
+            cursor.execute(f"SET {name} = {value}")
     connection.connection.add_notice_handler(collect)
     try:
         yield plans
     finally:
         connection.connection.remove_notice_handler(collect)
         with connection.cursor() as cursor:
-            cursor.execute("RESET plan_cache_mode")
-            cursor.execute("RESET auto_explain.log_min_duration")
-            cursor.execute("RESET auto_explain.log_level")
+            for name, _ in settings:
+                cursor.execute(f"RESET {name}")
+
+
+def _generic_plans() -> AbstractContextManager[list[str]]:
+    """Run prepared statements on their generic plans, as the plan cache keeps them."""
+    return _explained(("plan_cache_mode", "force_generic_plan"))
 
 
 def _plan_of(plans: list[str], *, touching: str, reading: str = "") -> str:
@@ -234,38 +242,19 @@ def test_a_claim_starts_at_the_floor_not_at_a_drained_backlog(settings, world: W
     assert floored * 4 < from_the_start, (floored, from_the_start)  # 3 and 20 pages here
 
 
-def _unfanned_scan_pages() -> tuple[str, int]:
-    """Fan out the waiting events under auto_explain: the kind of the node that read the
-    unfanned-events index, and the pages it read."""
-    nodes: list[dict] = []
-    connection.ensure_connection()
-
-    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
-        text = diagnostic.message_primary or ""
-        if "event_unfanned_idx" in text:
-            nodes.append(json.loads(text[text.index("{") :])["Plan"])
-
-    with connection.cursor() as cursor:
-        cursor.execute("LOAD 'auto_explain'")
-        for setting in ("log_analyze", "log_buffers"):
-            cursor.execute(f"SET auto_explain.{setting} = on")
-        cursor.execute("SET auto_explain.log_format = json")
-        cursor.execute("SET auto_explain.log_min_duration = 0")
-        cursor.execute("SET auto_explain.log_level = notice")
-    connection.connection.add_notice_handler(collect)
-    try:
+def _unfanned_scan() -> tuple[str, int]:
+    """Fan out the waiting events: the kind of the plan node that read the unfanned-events
+    index, and the pages it read."""
+    analyzed = (("auto_explain.log_analyze", "on"), ("auto_explain.log_buffers", "on"))
+    with _explained(*analyzed, ("auto_explain.log_format", "json")) as plans:
         fan_out_pending_events()
-    finally:
-        connection.connection.remove_notice_handler(collect)
-        with connection.cursor() as cursor:
-            cursor.execute("RESET ALL")
+    [plan] = [json.loads(p[p.index("{") :])["Plan"] for p in plans if "event_unfanned_idx" in p]
 
     def scan(node: dict) -> dict | None:
         if node.get("Index Name") == "event_unfanned_idx":
             return node
         return next(filter(None, (scan(child) for child in node.get("Plans", []))), None)
 
-    [plan] = nodes
     found = scan(plan)
     assert found is not None, plan
     return found["Node Type"], int(found["Shared Hit Blocks"] + found["Shared Read Blocks"])
@@ -282,6 +271,6 @@ def test_a_fan_out_skips_the_events_fanned_out_before_it(settings, world: World)
     assert fan_out_pending_events() == 1000 and fan_out_pending_events() == 1000
     for n in range(2):
         events_ingest(world.acme, {"dataset": "chain.src", "idempotency_key": f"next{n}"})
-        kind, pages = _unfanned_scan_pages()
+        kind, pages = _unfanned_scan()
         assert kind == "Index Scan", kind
     assert pages < 10, pages  # past 2,000 dead entries, marked by the scan before
