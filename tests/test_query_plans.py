@@ -57,14 +57,14 @@ def _explained(*settings: tuple[str, str]) -> Iterator[list[str]]:
     def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
         plans.append(diagnostic.message_primary or "")
 
-    settings = (
+    applied = (
         ("auto_explain.log_min_duration", "0"),
         ("auto_explain.log_level", "notice"),
         *settings,
     )
     with connection.cursor() as cursor:
         cursor.execute("LOAD 'auto_explain'")
-        for name, value in settings:
+        for name, value in applied:
             cursor.execute(f"SET {name} = {value}")
     connection.connection.add_notice_handler(collect)
     try:
@@ -72,7 +72,7 @@ def _explained(*settings: tuple[str, str]) -> Iterator[list[str]]:
     finally:
         connection.connection.remove_notice_handler(collect)
         with connection.cursor() as cursor:
-            for name, _ in settings:
+            for name, _ in applied:
                 cursor.execute(f"RESET {name}")
 
 
