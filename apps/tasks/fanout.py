@@ -354,11 +354,18 @@ _WAITING_EVENTS = (
 
 def _waiting_events(limit: int) -> list[WaitingEvent]:
     """Lock up to `limit` events waiting for fan-out (SKIP LOCKED: other dispatchers take
-    others)."""
+    others), in the caller's transaction.
+
+    Every fanned-out event leaves a dead entry in `event_unfanned_idx` until a vacuum, in
+    front of the events still waiting. The bitmap scan PostgreSQL picks when its statistics
+    say few events wait visits each of them in the heap, at every fan-out; an index scan marks
+    the dead ones as it passes, and later scans skip them in the index (ADR 0017)."""
     sql = _WAITING_EVENTS
     if connection.features.has_select_for_update_skip_locked:
         sql += " FOR UPDATE OF e SKIP LOCKED"
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
         cursor.execute(sql, [limit])
         rows = cursor.fetchall()
     event_id = Event._meta.pk.to_python  # SQLite returns the ids as text
@@ -371,21 +378,10 @@ def _waiting_events(limit: int) -> list[WaitingEvent]:
     return waiting
 
 
-def _scan_unfanned_in_index_order() -> None:
-    """Every fanned-out event leaves a dead entry in `event_unfanned_idx` until a vacuum, in
-    front of the events still waiting. The bitmap scan PostgreSQL picks when its statistics
-    say few events wait visits each of them in the heap, at every fan-out; an index scan marks
-    the dead ones as it passes, and later scans skip them in the index (ADR 0017)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL enable_bitmapscan = off")
-
-
 def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
 
     with counted_atomic():
-        _scan_unfanned_in_index_order()
         events = _waiting_events(limit)
         fan_out(events)
     return len(events)

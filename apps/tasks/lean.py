@@ -102,9 +102,10 @@ class ItemsStatement:
         return cls(template.replace("{items}", one), template.replace("{items}", many))
 
     def rows(
-        self, items: dict[str, list[Any]], params: dict[str, Any]
+        self, items: dict[str, list[Any]], params: dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]] | None:
         """Run it over `items` (each parameter's list of values, one per item) with `params`."""
+        params = params or {}
         count = len(next(iter(items.values())))
         if count == 1:
             return run_rows(self.one, {**{k: v[0] for k, v in items.items()}, **params})

@@ -158,7 +158,8 @@ SELECT x.* FROM item i CROSS JOIN LATERAL (
 # locked, as in `counted_atomic`. The states, outcome and lane weights are the ones
 # `lifecycle` moves between (running -> succeeded: one fewer in flight). The items are of
 # one node and lane (one claim's).
-_COMPLETE_TEMPLATE = """
+_COMPLETE = ItemsStatement.over(
+    """
 WITH item AS (
     {items}
 ), held AS (
@@ -232,9 +233,7 @@ WITH item AS (
 )
 SELECT n.token, n.task_id, (SELECT pg_notify(%(channel)s, '') IS NOT NULL)
 FROM numbered n
-"""
-_COMPLETE = ItemsStatement.over(
-    _COMPLETE_TEMPLATE,
+""",
     [
         ("tokens", "text", "token"),
         ("event_ids", "uuid", "event_id"),
@@ -300,7 +299,7 @@ def _lease_plain(
         if task_id in wanted or not isinstance(item.get("dispatch_token"), str):
             return None
         wanted[task_id] = item
-    rows = _TASK_TO_LEASE.rows({"task_ids": list(wanted)}, {})
+    rows = _TASK_TO_LEASE.rows({"task_ids": list(wanted)})
     caller = principal()
     if rows is None or len(rows) != len(wanted) or caller is None:
         return None
@@ -439,7 +438,7 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
     tokens = [plain[0] for plain in plains]
     if len(set(tokens)) != len(tokens) or caller is None:
         return None
-    leases = _NODES_OF_LEASES.rows({"tokens": tokens}, {})
+    leases = _NODES_OF_LEASES.rows({"tokens": tokens})
     if not leases or len(leases) != len(tokens) or len({row[2:] for row in leases}) != 1:
         return None  # an unknown token, or more than one node or lane: the full path
     _, _, version_id, node_id, lane, config_hash, dag = leases[0]
