@@ -22,7 +22,7 @@ from apps.tasks.ingest import events_ingest
 from apps.tasks.ingest_lean import single_event_ingest
 from apps.tasks.models import Event, EventKind
 from apps.tasks.triggers import Wakeups
-from apps.tasks.views import _lean_post
+from apps.tasks.views import lean_events_post
 from tests.conftest import World
 from tests.flow import chain_config, deploy
 
@@ -74,6 +74,9 @@ def test_the_lean_post_answers_202_without_a_django_query(notify: World, django_
     with django_assert_num_queries(0):  # only the lean path's own statement ran
         response = client.post("/v1/events", item("k"), format="json")
     assert response.status_code == 202, response.content
+    # Answered ahead of the session, auth and messages middleware, with the header it adds.
+    assert not hasattr(response.wsgi_request, "session")
+    assert response.headers["X-Frame-Options"] == "DENY"
     [answer] = response.json()["events"]
     assert answer["created"] is True
     assert Event.objects.get(pk=answer["id"]).idempotency_key == "k"
@@ -81,6 +84,7 @@ def test_the_lean_post_answers_202_without_a_django_query(notify: World, django_
     repeat = client.post("/v1/events", item("k"), format="json")
     assert repeat.status_code == 202
     assert repeat.json()["events"] == [{"id": answer["id"], "created": False}]
+    assert hasattr(repeat.wsgi_request, "session")
 
 
 def test_the_insert_notifies_the_dispatcher(notify: World):
@@ -194,9 +198,9 @@ def test_only_bodies_of_a_known_small_length_take_the_lean_path(notify: World):
             headers={"Authorization": f"Bearer {notify['operator'].token}"},
         )
 
-    answer = _lean_post(request("len"))
+    answer = lean_events_post(request("len"))
     assert answer is not None and answer.status_code == 202
     chunked = request("chunked")
     del chunked.META["CONTENT_LENGTH"]  # the full path reads it, and refuses it if too large
-    assert _lean_post(chunked) is None
+    assert lean_events_post(chunked) is None
     assert not Event.objects.filter(idempotency_key="chunked").exists()

@@ -147,6 +147,7 @@ def test_the_lean_complete_answers_without_a_django_query(
         with django_assert_num_queries(0):  # only the lean path's own statements ran
             response = pool.post("/internal/task-complete", body(lease), format="json")
         assert response.status_code == 200, response.content
+        assert not hasattr(response.wsgi_request, "session")  # ahead of that middleware
         assert wakeups.wait(5.0) is True  # the dispatcher loops are woken
     finally:
         wakeups.close()
@@ -155,6 +156,7 @@ def test_the_lean_complete_answers_without_a_django_query(
     # A repeat takes the full path, which answers the same and records nothing more.
     repeat = pool.post("/internal/task-complete", body(lease), format="json")
     assert repeat.status_code == 200 and repeat.json() == answer
+    assert hasattr(repeat.wsgi_request, "session")
     assert Event.objects.filter(producer_task_id=lease["task"]["id"]).count() == 1
     assert Commit.objects.filter(producer_task_id=lease["task"]["id"]).count() == 1
 
@@ -423,6 +425,7 @@ def test_the_lean_fetch_answers_without_a_django_query(
     with django_assert_num_queries(0):  # only the lean path's own statements ran
         response = fetch(pool, message)
     assert response.status_code == 200, response.content
+    assert not hasattr(response.wsgi_request, "session")  # ahead of that middleware
     assert response.json()["task"]["id"] == message["task_id"]
     # The same message again: the full path's 409, and still one attempt.
     again = fetch(pool, message)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import AuthenticationFailed
@@ -97,11 +97,17 @@ class InternalView(APIView):
         return request.user  # type: ignore[return-value]
 
 
-class TaskFetchView(InternalView):
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        lean = _lean(request, lean_task_fetch)
-        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
+def lean_fetch(request: HttpRequest) -> HttpResponse | None:
+    """A plain task-fetch answered over the lean path, or None (`LeanPathsMiddleware`)."""
+    return _lean(request, lean_task_fetch)
 
+
+def lean_complete(request: HttpRequest) -> HttpResponse | None:
+    """A plain task-complete answered over the lean path, or None (`LeanPathsMiddleware`)."""
+    return _lean(request, lean_task_complete)
+
+
+class TaskFetchView(InternalView):
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
         body = _body(request)
@@ -154,10 +160,6 @@ class TaskEventsView(_ItemView):
 
 class TaskCompleteView(_ItemView):
     call = staticmethod(worker_api.task_complete)  # type: ignore[assignment]
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        lean = _lean(request, lean_task_complete)
-        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     def batch(self, principal: WorkerPrincipal, items: list[Any]) -> list[dict[str, Any]]:
         return worker_api.task_complete_many(principal, items)

@@ -10,7 +10,6 @@ import django_filters
 import pyarrow as pa
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -65,8 +64,10 @@ def _table_event(request: Request, table: pa.Table) -> dict[str, Any]:
     return item
 
 
-def _lean_post(request: HttpRequest) -> HttpResponse | None:
-    """A plain single-event POST answered over the lean path (`ingest_lean`), or None."""
+def lean_events_post(request: HttpRequest) -> HttpResponse | None:
+    """A plain single-event POST answered over the lean path (`ingest_lean`), or None: the
+    request goes on to `EventsView`. Called by `LeanPathsMiddleware`, ahead of the
+    middleware and the view machinery it does not use."""
     lean = lean_json_request(request)
     if lean is None:
         return None
@@ -83,10 +84,6 @@ def _lean_post(request: HttpRequest) -> HttpResponse | None:
 
 class EventsView(APIView):
     parser_classes = [JSONParser, ArrowStreamParser, ArrowFileParser, ParquetParser]
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        lean = _lean_post(request)
-        return lean if lean is not None else super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
         request={
