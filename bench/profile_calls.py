@@ -10,6 +10,7 @@ It recreates the database sluice_bench_profile (or --database-url) and migrates 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -54,16 +55,17 @@ class Captured:
 def measure(label: str, call: Callable[[int], object], calls: int, table: Table) -> None:
     from django.db import connection
 
-    times = []
+    times, cpu_times = [], []
     counts: list[int] = []
     kinds: Counter[str] = Counter()
     wal_before = wal_position()
     for i in range(calls):
         captured = Captured()
         with connection.execute_wrapper(captured):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             call(i)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         counts.append(len(captured.queries))
         kinds.update(q.split()[0].upper() for q in captured.queries)
     wal_per_call = (wal_position() - wal_before) / calls
@@ -74,6 +76,7 @@ def measure(label: str, call: Callable[[int], object], calls: int, table: Table)
         ", ".join(f"{k} {v:.1f}" for k, v in per_call.items()),
         f"{percentile(times, 50) * 1000:.2f}",
         f"{percentile(times, 99) * 1000:.2f}",
+        f"{percentile(cpu_times, 50) * 1000:.2f}",
         f"{wal_per_call:,.0f}",
     )
 
@@ -115,7 +118,7 @@ def main() -> None:
     version = deploy(setup.org, "chain")
     install_recording_send()
     table = Table(title=f"per call, {args.calls} sequential calls, in-process")
-    for column in ("call", "queries", "by kind", "p50 ms", "p99 ms", "WAL bytes"):
+    for column in ("call", "queries", "by kind", "p50 ms", "p99 ms", "CPU ms p50", "WAL bytes"):
         table.add_column(column)
 
     measure(
@@ -186,13 +189,41 @@ def main() -> None:
         table,
     )
     measure("reap_once(), idle", lambda i: reap_once(), 50, table)
-    _measure_lean(setup.org, pool, table, args.calls)
+    _measure_lean(setup.org, setup.token, pool, table, args.calls)
     console.print(table)
 
 
-def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
-    """The lean paths of the single and batch worker calls (ADR 0013): two statements of
+def _wsgi_post(handler: Any, path: str, token: str, value: Any) -> str:
+    """POST `value` as JSON through Django's WSGI handler, as gunicorn calls it: the status."""
+    body = json.dumps(value).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "HTTP_ACCEPT": "application/json",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+    }
+    status: list[str] = []
+    response = handler(environ, lambda line, headers: status.append(line))
+    b"".join(response)
+    response.close()
+    return status[0]
+
+
+def _measure_lean(org: Any, token: str, pool: Any, table: Table, calls: int) -> None:
+    """The lean paths of the single-event POST (ADR 0010, through the WSGI handler and its
+    middleware, ADR 0018) and of the single and batch worker calls (ADR 0013): statements of
     their own per call (not counted as queries), under the notify trigger they need."""
+    from django.core.handlers.wsgi import WSGIHandler
     from django.test import override_settings
 
     from apps.tasks.dispatch import claim
@@ -210,6 +241,15 @@ def _measure_lean(org: Any, pool: Any, table: Table, calls: int) -> None:
         return {"lease_token": lease["lease"]["token"], "outputs": [], "logs": ""}
 
     with override_settings(SLUICE_DISPATCH_TRIGGER="notify"):
+        handler = WSGIHandler()
+        for i in range(-20, 0):  # the first calls prepare the statement and learn the range type
+            _wsgi_post(handler, "/v1/events", token, event("chain", f"wsgi{i}", i))
+        measure(
+            "single-event POST through the WSGI handler (lean)",
+            lambda i: _wsgi_post(handler, "/v1/events", token, event("chain", f"wsgi{i}", i)),
+            calls,
+            table,
+        )
         for round_ in range(2):
             events = [event("chain", f"lean{round_}-{j}", j) for j in range(1000)]
             events_ingest(org, {"events": events})
