@@ -311,6 +311,11 @@ if SLUICE_DISPATCH_TRIGGER == "notify" and USING_SQLITE:
 SLUICE_DISPATCH_PACING: bool = env.bool(
     "SLUICE_DISPATCH_PACING", default=SLUICE_DISPATCH_TRIGGER == "notify"
 )
+# The reaper ends a backlog of overdue attempts (a lost fleet's leases) over this many
+# PostgreSQL connections at once, each its share of the pass (ADR 0019); 1 turns it off.
+SLUICE_REAPER_CONNECTIONS: int = env.int("SLUICE_REAPER_CONNECTIONS", default=2)
+if SLUICE_REAPER_CONNECTIONS < 1:
+    raise ImproperlyConfigured("SLUICE_REAPER_CONNECTIONS must be at least 1.")
 CELERY_BEAT_SCHEDULE.update(
     {
         "dispatch": {"task": "apps.tasks.celery_tasks.dispatch_tick", "schedule": 1.0},

@@ -12,11 +12,13 @@ Any number of reapers may run: rows are claimed with SKIP LOCKED and moved condi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,6 +29,8 @@ from apps.tasks.models import IN_FLIGHT_STATES, Attempt, AttemptOutcome, NodeLan
 from apps.tasks.triggers import dispatch_after_commit
 
 DEFAULT_LIMIT = 10_000
+# Overdue attempts from which a pass is shared among SLUICE_REAPER_CONNECTIONS connections.
+PARALLEL_FROM = 2_000
 
 
 def _retry_configs(tasks: list[Task]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -94,13 +98,54 @@ def _locked_batch(limit: int, order: str, matching: Q) -> list[Task]:
 
 def _end_overdue(column: str, matching: Q, limit: int, outcome: str, error: dict) -> int:
     """End the attempts of running tasks past `column`, and retry or fail the tasks: one
-    statement on PostgreSQL, the locked rows moved in groups elsewhere."""
+    statement on PostgreSQL (shared among connections for a backlog), the locked rows moved
+    in groups elsewhere."""
+    if connection.vendor == "postgresql":
+
+        def share(part: int) -> int:
+            with counted_atomic():
+                return lifecycle.task_attempts_end_overdue(
+                    column, part, outcome=outcome, error=error
+                )
+
+        return _shared(share, limit, _helpers(column, matching, limit))
     with counted_atomic():
-        if connection.vendor == "postgresql":
-            return lifecycle.task_attempts_end_overdue(column, limit, outcome=outcome, error=error)
         tasks = _locked_batch(limit, column, matching)
         _end_running(tasks, outcome, error)
     return len(tasks)
+
+
+def _helpers(column: str, matching: Q, limit: int) -> int:
+    """How many more connections to share this pass with: none unless at least
+    PARALLEL_FROM attempts are overdue (counted on the partial index, up to that many) and
+    each share would be that large, and never inside a transaction, whose rows other
+    connections could not see."""
+    wanted = min(settings.SLUICE_REAPER_CONNECTIONS, limit // PARALLEL_FROM) - 1
+    if wanted < 1 or connection.in_atomic_block:
+        return 0
+    overdue = Task.objects.filter(matching).order_by(column)[:PARALLEL_FROM].count()
+    return wanted if overdue >= PARALLEL_FROM else 0
+
+
+def _shared(share: Callable[[int], int], limit: int, helpers: int) -> int:
+    """`share(limit)`, or `limit` split among this thread and `helpers` threads, each on its
+    own connection in its own transaction. SKIP LOCKED keeps their rows apart, the lane
+    counters are updated last in one order (no deadlock), and a share that fails leaves its
+    rows for the next pass, as a failed pass does."""
+    if not helpers:
+        return share(limit)
+    part = -(-limit // (helpers + 1))
+
+    def on_own_connection(size: int) -> int:
+        try:
+            return share(size)
+        finally:
+            connections.close_all()  # this helper thread's, opened for this share
+
+    with ThreadPoolExecutor(max_workers=helpers) as pool:
+        others = [pool.submit(on_own_connection, part) for _ in range(helpers)]
+        moved = share(limit - part * helpers)
+        return moved + sum(other.result() for other in others)
 
 
 def reap_expired_leases(limit: int = DEFAULT_LIMIT) -> int:
