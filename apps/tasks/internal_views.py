@@ -20,7 +20,7 @@ from apps.orgs.errors import SluiceError, ValidationFailed
 from apps.tasks import worker_api
 from apps.tasks.lean import lean_json_request
 from apps.tasks.worker_api import MAX_BATCH
-from apps.tasks.worker_lean import Principal, lean_task_complete, lean_task_fetch
+from apps.tasks.worker_lean import Principal
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -70,8 +70,11 @@ def _run_batch(
     return results
 
 
-def _lean(request: HttpRequest, call: Callable[[Principal, bytes], Any]) -> HttpResponse | None:
-    """A plain call answered over a lean path (`worker_lean`), or None."""
+def lean_worker_call(
+    request: HttpRequest, call: Callable[[Principal, bytes], Any]
+) -> HttpResponse | None:
+    """A plain call answered over its lean path (`worker_lean`), or None: the request goes on
+    to its view. Called by `LeanPathsMiddleware`."""
     lean = lean_json_request(request)
     if lean is None:
         return None
@@ -95,16 +98,6 @@ class InternalView(APIView):
 
     def principal(self, request: Request) -> WorkerPrincipal:
         return request.user  # type: ignore[return-value]
-
-
-def lean_fetch(request: HttpRequest) -> HttpResponse | None:
-    """A plain task-fetch answered over the lean path, or None (`LeanPathsMiddleware`)."""
-    return _lean(request, lean_task_fetch)
-
-
-def lean_complete(request: HttpRequest) -> HttpResponse | None:
-    """A plain task-complete answered over the lean path, or None (`LeanPathsMiddleware`)."""
-    return _lean(request, lean_task_complete)
 
 
 class TaskFetchView(InternalView):

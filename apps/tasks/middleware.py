@@ -9,8 +9,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
 
-from apps.tasks.internal_views import lean_complete, lean_fetch
+from apps.tasks.internal_views import lean_worker_call
+from apps.tasks.lean import lean_possible
 from apps.tasks.views import lean_events_post
+from apps.tasks.worker_lean import lean_task_complete, lean_task_fetch
 
 LeanPath = Callable[[HttpRequest], HttpResponse | None]
 
@@ -31,12 +33,17 @@ class LeanPathsMiddleware:
         # Resolved on first use: the URLconf may import what imports this module.
         return {
             reverse("events"): lean_events_post,
-            reverse("task-fetch"): lean_fetch,
-            reverse("task-complete"): lean_complete,
+            reverse("task-fetch"): functools.partial(lean_worker_call, call=lean_task_fetch),
+            reverse("task-complete"): functools.partial(lean_worker_call, call=lean_task_complete),
         }
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if request.method == "POST" and (lean := self.routes.get(request.path)) is not None:
+        # Where no lean path can run (SQLite, another trigger), nothing is parsed twice.
+        if (
+            request.method == "POST"
+            and (lean := self.routes.get(request.path)) is not None
+            and lean_possible()
+        ):
             response = lean(request)
             if response is not None:
                 response.headers.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
