@@ -28,18 +28,17 @@ def main() -> None:
     import django
 
     django.setup()
-    from apps.tasks.dispatch import claim, send
-    from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.dispatch import fan_out_and_claim, send
     from apps.tasks.loops import run_loop
     from apps.tasks.triggers import Wakeups
 
     size = args.message_size
 
     def step() -> bool:
-        fanned = fan_out_pending_events()
+        fanned, claims = fan_out_and_claim(batch=args.batch)
         messages = [
             replace(c, tasks=c.tasks[i : i + size])
-            for c in claim(batch=args.batch)
+            for c in claims
             for i in range(0, len(c.tasks), size)
         ]
         return bool(send(messages) or fanned)

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +53,59 @@ class Captured:
         return execute(sql, *args)
 
 
-def measure(label: str, call: Callable[[int], object], calls: int, table: Table) -> None:
-    from django.db import connection
+@dataclass
+class Series:
+    """What the calls of one label took: wall and CPU time, queries, WAL."""
 
-    times, cpu_times = [], []
-    counts: list[int] = []
-    kinds: Counter[str] = Counter()
-    wal_before = wal_position()
-    for i in range(calls):
+    label: str
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
+    wal: int = 0
+
+    def timed(self, call: Callable[[int], object], i: int) -> None:
+        from django.db import connection
+
         captured = Captured()
+        wal_before = wal_position()
         with connection.execute_wrapper(captured):
             start, cpu_start = time.perf_counter(), time.process_time()
             call(i)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        counts.append(len(captured.queries))
-        kinds.update(q.split()[0].upper() for q in captured.queries)
-    wal_per_call = (wal_position() - wal_before) / calls
-    per_call = {k: v / calls for k, v in kinds.most_common()}
-    table.add_row(
-        label,
-        f"{sum(counts) / calls:.1f}",
-        ", ".join(f"{k} {v:.1f}" for k, v in per_call.items()),
-        f"{percentile(times, 50) * 1000:.2f}",
-        f"{percentile(times, 99) * 1000:.2f}",
-        f"{percentile(cpu_times, 50) * 1000:.2f}",
-        f"{wal_per_call:,.0f}",
-    )
+            self.times.append(time.perf_counter() - start)
+            self.cpu_times.append(time.process_time() - cpu_start)
+        self.wal += wal_position() - wal_before
+        self.counts.append(len(captured.queries))
+        self.kinds.update(q.split()[0].upper() for q in captured.queries)
+
+    def add_row(self, table: Table) -> None:
+        calls = len(self.times)
+        per_call = {k: v / calls for k, v in self.kinds.most_common()}
+        table.add_row(
+            self.label,
+            f"{sum(self.counts) / calls:.1f}",
+            ", ".join(f"{k} {v:.1f}" for k, v in per_call.items()),
+            f"{percentile(self.times, 50) * 1000:.2f}",
+            f"{percentile(self.times, 99) * 1000:.2f}",
+            f"{percentile(self.cpu_times, 50) * 1000:.2f}",
+            f"{self.wal / calls:,.0f}",
+        )
+
+
+def measure(label: str, call: Callable[[int], object], calls: int, table: Table) -> None:
+    alternated([(label, call)], calls, table)
+
+
+def alternated(forms: list[tuple[str, Callable[[int], object]]], calls: int, table: Table) -> None:
+    """Each form called `calls` times, the forms taking turns (first one, then the other), so
+    that what changes along the run (a checkpoint, the tables' growth) falls on all of them."""
+    series = [Series(label) for label, _ in forms]
+    for i in range(calls):
+        turn = list(zip(series, forms, strict=True))
+        for one, (_, call) in turn if i % 2 == 0 else reversed(turn):
+            one.timed(call, i)
+    for one in series:
+        one.add_row(table)
 
 
 def main() -> None:
@@ -289,6 +316,36 @@ def _measure_lean(org: Any, token: str, pool: Any, table: Table, calls: int) -> 
                 caller, body({"items": [completion(lease) for lease in fetched[i]]})
             ),
             len(fetched),
+            table,
+        )
+        _measure_dispatcher_step(org, table, calls)
+
+
+def _measure_dispatcher_step(org: Any, table: Table, calls: int) -> None:
+    """A dispatcher loop's step over 3 waiting events (deferred fan-out, as under the notify
+    trigger), in the one transaction it takes now and in the two it used to take, by turns."""
+    from django.test import override_settings
+
+    from apps.tasks.dispatch import dispatch_once, fan_out_and_claim, send
+    from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.ingest import events_ingest
+
+    for i in range(0, calls * 6, 100):
+        events = [event("chain", f"step{j}", j) for j in range(i, min(i + 100, calls * 6))]
+        events_ingest(org, {"events": events})
+    with override_settings(SLUICE_DISPATCH_PACING=False):  # nothing completes here
+        alternated(
+            [
+                (
+                    "dispatcher step, 3 events: fan_out_and_claim() + send",
+                    lambda i: send(fan_out_and_claim(events=3)[1]),
+                ),
+                (
+                    "dispatcher step, 3 events: fan-out, then claim + send",
+                    lambda i: (fan_out_pending_events(3), dispatch_once()),
+                ),
+            ],
+            calls,
             table,
         )
 

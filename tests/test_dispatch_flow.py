@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import uuid
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.core.management import call_command
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import ProtectedError
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.datasets.models import Commit
@@ -406,6 +409,52 @@ def test_dispatcher_crash_after_commit_is_recovered(world, chain, recorder, sett
     stale = {**message, "dispatch_token": claims[0].tasks[0].dispatch_token}
     assert fetch(chain, stale).status_code == 409
     assert fetch(chain, message).status_code == 200
+
+
+def test_a_dispatcher_step_claims_what_it_fans_out_in_one_transaction(
+    world, chain, recorder, settings
+):
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"  # requests leave fan-out to the loops
+    for key in ("s1", "s2", "s3"):
+        post_event(world, key=key)
+    assert not Task.objects.exists()
+    with CaptureQueriesContext(connection) as queries:
+        fanned, claims = dispatch.fan_out_and_claim()
+    assert fanned == 3
+    assert [(c.node_id, len(c.tasks)) for c in claims] == [("op1", 3)]
+    opened = [q["sql"] for q in queries if q["sql"].startswith(("BEGIN", "SAVEPOINT"))]
+    assert len(opened) == 1  # fan-out and claim share one transaction, no savepoints inside
+    assert set(Task.objects.values_list("state", flat=True)) == {"queued"}
+    lane = _op1_lane()
+    assert (lane.pending, lane.in_flight) == (0, 3)
+    assert dispatch.send(claims) == 3
+    assert [fetch(chain, m).status_code for m in recorder.take("op1")] == [200] * 3
+
+
+def test_a_failed_claim_leaves_the_events_waiting(world, chain, recorder, settings, monkeypatch):
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    post_event(world)
+
+    def lanes_lost(*args: object) -> list:
+        raise OperationalError("the connection dropped")
+
+    monkeypatch.setattr(dispatch, "_runnable_lanes", lanes_lost)
+    with pytest.raises(OperationalError):
+        dispatch.fan_out_and_claim()
+    assert not Task.objects.exists()  # the fan-out rolled back with the claim
+    assert not NodeLane.objects.filter(pending__gt=0).exists()
+    assert Event.objects.filter(fanned_out_at=None).count() == 1
+    monkeypatch.undo()
+    assert dispatch.fan_out_and_claim()[0] == 1
+
+
+def test_one_dispatch_pass_fans_out_and_sends(world, chain, recorder, settings):
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    post_event(world)
+    out = io.StringIO()
+    call_command("dispatch", stdout=out)
+    assert "fanned out 1 event(s), sent 1 task(s)" in out.getvalue()
+    assert [m["node"] for m in recorder.messages] == ["op1"]
 
 
 def test_backfill_lane_and_mode(world, chain, recorder):

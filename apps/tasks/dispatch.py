@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.dags.models import DagVersion, node_map_of
-from apps.tasks import lifecycle
+from apps.tasks import fanout, lifecycle
 from apps.tasks.lifecycle import counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
 from apps.tasks.runtimes import Dispatched, dispatch_token, runtimes, send_all
@@ -74,32 +74,51 @@ def _runnable_lanes(lanes_per_tick: int, batch: int) -> list[tuple]:
 
 def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH) -> list[Claim]:
     """One claiming transaction. Returns what to send once it has committed."""
-    claims: list[Claim] = []
     with counted_atomic():
-        lanes = _runnable_lanes(lanes_per_tick, batch)
-        for _, version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
-            tasks = lifecycle.task_claim_pending(
-                version_id,
-                node_id,
-                lane,
-                min(batch, room),
-                pending=pending,
-                floor=None if floor is None else lifecycle.database_time(floor),
+        return _claim_runnable(lanes_per_tick, batch)
+
+
+def fan_out_and_claim(
+    lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH, events: int = 1000
+) -> tuple[int, list[Claim]]:
+    """A dispatcher loop's transaction: fan out up to `events` waiting events, then claim,
+    tasks just fanned out included. One commit where there were two, and no wait between them
+    for the loop's next step. Returns the events fanned out and what to send once committed."""
+    with counted_atomic():
+        fanned = fanout.fan_out_waiting(events)
+        # The claim reads the lanes' counters. Locking the fan-out's lanes now (sorted, as
+        # ever) is safe: the claim locks lanes only with SKIP LOCKED, or those it holds.
+        lifecycle.apply_counted()
+        return fanned, _claim_runnable(lanes_per_tick, batch)
+
+
+def _claim_runnable(lanes_per_tick: int, batch: int) -> list[Claim]:
+    """Claim from up to `lanes_per_tick` runnable lanes, in the caller's `counted_atomic`."""
+    claims: list[Claim] = []
+    lanes = _runnable_lanes(lanes_per_tick, batch)
+    for _, version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
+        tasks = lifecycle.task_claim_pending(
+            version_id,
+            node_id,
+            lane,
+            min(batch, room),
+            pending=pending,
+            floor=None if floor is None else lifecycle.database_time(floor),
+        )
+        if tasks:
+            claim_ = Claim(version_id, node_id, runtime, config_hash)
+            claim_.tasks = [
+                Dispatched(t.id, t.attempt + 1, dispatch_token(t.id, t.dispatch_count))
+                for t in tasks
+            ]
+            claims.append(claim_)
+    if lanes:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _SERVED.format(ids=", ".join(["%s"] * len(lanes))),
+                [connection.ops.adapt_datetimefield_value(timezone.now())]
+                + [row[0] for row in lanes],
             )
-            if tasks:
-                claim_ = Claim(version_id, node_id, runtime, config_hash)
-                claim_.tasks = [
-                    Dispatched(t.id, t.attempt + 1, dispatch_token(t.id, t.dispatch_count))
-                    for t in tasks
-                ]
-                claims.append(claim_)
-        if lanes:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _SERVED.format(ids=", ".join(["%s"] * len(lanes))),
-                    [connection.ops.adapt_datetimefield_value(timezone.now())]
-                    + [row[0] for row in lanes],
-                )
     return claims
 
 

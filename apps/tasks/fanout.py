@@ -380,8 +380,12 @@ def _waiting_events(limit: int) -> list[WaitingEvent]:
 
 def fan_out_pending_events(limit: int = 1000) -> int:
     """Fan out events stored without it (deferred, or left by a crash). Returns how many."""
-
     with counted_atomic():
-        events = _waiting_events(limit)
-        fan_out(events)
+        return fan_out_waiting(limit)
+
+
+def fan_out_waiting(limit: int = 1000) -> int:
+    """`fan_out_pending_events` in the caller's `counted_atomic`."""
+    events = _waiting_events(limit)
+    fan_out(events)
     return len(events)

@@ -154,6 +154,16 @@ def counted_atomic() -> Iterator[None]:
             _apply(deltas)
 
 
+def apply_counted() -> None:
+    """Apply the counter changes the current `counted_atomic` has collected so far, for the
+    rest of its transaction to read. The lanes stay locked until it commits: only a block
+    whose later statements lock lanes with SKIP LOCKED, or those it holds, may call this, so
+    lanes are still waited for in one sorted order."""
+    deltas = _ledgers.stack[-1]
+    _apply(deltas)
+    deltas.clear()
+
+
 def bump_lane(version_id: int, node_id: str, lane: str, delta: LaneDelta) -> None:
     if _ledgers.stack:
         _ledgers.stack[-1][(version_id, node_id, lane)].add(delta)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.tasks import dispatch, fanout
+from apps.tasks import dispatch
 from apps.tasks.loops import run_loop
 from apps.tasks.triggers import Wakeups
 
@@ -20,8 +20,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         def step() -> bool:
-            fanned = fanout.fan_out_pending_events()
-            sent = dispatch.dispatch_once()
+            fanned, claims = dispatch.fan_out_and_claim()
+            sent = dispatch.send(claims)
             if sent or fanned:
                 self.stdout.write(f"fanned out {fanned} event(s), sent {sent} task(s)")
             return bool(sent or fanned)
