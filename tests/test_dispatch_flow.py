@@ -431,6 +431,26 @@ def test_a_dispatcher_step_claims_what_it_fans_out_in_one_transaction(
     assert [fetch(chain, m).status_code for m in recorder.take("op1")] == [200] * 3
 
 
+def test_lanes_are_served_least_recently_served_first(world, chain, recorder, settings):
+    settings.SLUICE_DISPATCH_PACING = False
+    post_event(world, key="r1")
+    [message] = recorder.take("op1")
+    assert complete(chain, fetch(chain, message).json()).status_code == 200  # op2 pending
+    post_event(world, key="r2")  # op1 pending again
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    NodeLane.objects.filter(node_id="op1").update(dispatched_at=long_ago)
+    NodeLane.objects.filter(node_id="op2").update(dispatched_at=long_ago + dt.timedelta(minutes=1))
+    with CaptureQueriesContext(connection) as queries:
+        [first] = dispatch.claim(lanes_per_tick=1)
+    assert first.node_id == "op1"
+    lane_writes = [q["sql"] for q in queries if q["sql"].startswith("UPDATE node_lanes")]
+    assert len(lane_writes) == 1  # its counts, floor and served time in one statement
+    assert _op1_lane().dispatched_at > long_ago + dt.timedelta(minutes=1)
+    [second] = dispatch.claim(lanes_per_tick=1)
+    assert second.node_id == "op2"
+    assert dispatch.claim(lanes_per_tick=1) == []
+
+
 def test_a_failed_claim_leaves_the_events_waiting(world, chain, recorder, settings, monkeypatch):
     settings.SLUICE_DISPATCH_TRIGGER = "notify"
     post_event(world)

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from apps.dags.models import DagVersion, node_map_of
 from apps.tasks import fanout, lifecycle
-from apps.tasks.lifecycle import counted_atomic
+from apps.tasks.lifecycle import LaneDelta, counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
 from apps.tasks.runtimes import Dispatched, dispatch_token, runtimes, send_all
 
@@ -43,7 +43,7 @@ class Claim:
 # each with its room under the cap, what it has pending and from where (its claim floor), and
 # its version's content hash (to find its node map).
 _LANES = (
-    "SELECT l.id, l.dag_version_id, l.node_id, l.lane, l.runtime, l.cap - l.in_flight, "  # noqa: S608
+    "SELECT l.dag_version_id, l.node_id, l.lane, l.runtime, l.cap - l.in_flight, "  # noqa: S608
     f"l.pending, l.claim_floor, v.config_hash FROM {NodeLane._meta.db_table} l "
     f"JOIN {DagVersion._meta.db_table} v ON v.id = l.dag_version_id WHERE l.runnable {{paced}}"
     "ORDER BY l.priority, l.dispatched_at, l.id LIMIT %s"
@@ -58,7 +58,6 @@ _PACED = (
     "AND (l.in_flight = 0 OR l.pending >= l.in_flight OR l.pending >= %s "
     "OR l.pending >= l.cap - l.in_flight) "
 )
-_SERVED = f"UPDATE {NodeLane._meta.db_table} SET dispatched_at = %s WHERE id IN ({{ids}})"  # noqa: S608
 
 
 def _runnable_lanes(lanes_per_tick: int, batch: int) -> list[tuple]:
@@ -96,7 +95,9 @@ def _claim_runnable(lanes_per_tick: int, batch: int) -> list[Claim]:
     """Claim from up to `lanes_per_tick` runnable lanes, in the caller's `counted_atomic`."""
     claims: list[Claim] = []
     lanes = _runnable_lanes(lanes_per_tick, batch)
-    for _, version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
+    served = LaneDelta(served_at=timezone.now())
+    for version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
+        lifecycle.bump_lane(version_id, node_id, lane, served)  # with its counts, at the end
         tasks = lifecycle.task_claim_pending(
             version_id,
             node_id,
@@ -112,13 +113,6 @@ def _claim_runnable(lanes_per_tick: int, batch: int) -> list[Claim]:
                 for t in tasks
             ]
             claims.append(claim_)
-    if lanes:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _SERVED.format(ids=", ".join(["%s"] * len(lanes))),
-                [connection.ops.adapt_datetimefield_value(timezone.now())]
-                + [row[0] for row in lanes],
-            )
     return claims
 
 

@@ -256,7 +256,8 @@ def insert_tasks(tasks: list[NewTask]) -> None:
 
 def fan_out(events: Sequence[FanOutEvent], mark: bool = True) -> list[NewTask]:
     """Create the tasks of `events` and mark them fanned out, in the caller's transaction
-    (`mark=False` when the events were inserted already marked, as ingestion does)."""
+    (`mark=False` when the events are marked already: inserted so by ingestion, or taken so
+    by `fan_out_waiting`)."""
     if not events:
         return []
     org_ids = {e.org_id for e in events}
@@ -350,24 +351,40 @@ _WAITING_EVENTS = (
     f"LEFT JOIN {Commit._meta.db_table} c ON c.id = e.commit_id "
     "WHERE e.fanned_out_at IS NULL ORDER BY e.created_at LIMIT %s"
 )
+# The same on PostgreSQL, the events locked and marked fanned out in the one statement.
+_TAKE_WAITING_EVENTS = (
+    f"WITH picked AS (SELECT id FROM {Event._meta.db_table} WHERE fanned_out_at IS NULL "  # noqa: S608
+    "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED), "
+    f"marked AS (UPDATE {Event._meta.db_table} e SET fanned_out_at = %s FROM picked "
+    "WHERE e.id = picked.id RETURNING e.id, e.org_id, e.dataset_id, e.kind, e.mode, "
+    "e.range_start, e.range_end, e.commit_id, e.created_at) "
+    "SELECT m.id, m.org_id, m.dataset_id, m.kind, m.mode, m.range_start, m.range_end, "
+    f"c.generation, c.seq FROM marked m LEFT JOIN {Commit._meta.db_table} c "
+    "ON c.id = m.commit_id ORDER BY m.created_at"
+)
 
 
-def _waiting_events(limit: int) -> list[WaitingEvent]:
+def _take_waiting_events(limit: int) -> list[WaitingEvent]:
     """Lock up to `limit` events waiting for fan-out (SKIP LOCKED: other dispatchers take
-    others), in the caller's transaction.
+    others) and mark them fanned out, in the caller's transaction, which inserts their tasks
+    (D6); on PostgreSQL in one statement.
 
     Every fanned-out event leaves a dead entry in `event_unfanned_idx` until a vacuum, in
     front of the events still waiting. The bitmap scan PostgreSQL picks when its statistics
     say few events wait visits each of them in the heap, at every fan-out; an index scan marks
     the dead ones as it passes, and later scans skip them in the index (ADR 0017)."""
-    sql = _WAITING_EVENTS
-    if connection.features.has_select_for_update_skip_locked:
-        sql += " FOR UPDATE OF e SKIP LOCKED"
+    now = timezone.now()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL enable_bitmapscan = off")
-        cursor.execute(sql, [limit])
-        rows = cursor.fetchall()
+            cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
+            rows = cursor.fetchall()
+        else:
+            locked = connection.features.has_select_for_update_skip_locked
+            cursor.execute(
+                _WAITING_EVENTS + (" FOR UPDATE OF e SKIP LOCKED" if locked else ""), [limit]
+            )
+            rows = cursor.fetchall()
     event_id = Event._meta.pk.to_python  # SQLite returns the ids as text
     waiting = []
     for id_, org_id, dataset_id, kind, mode, start, end, generation, seq in rows:
@@ -375,6 +392,8 @@ def _waiting_events(limit: int) -> list[WaitingEvent]:
         waiting.append(
             WaitingEvent(event_id(id_), org_id, dataset_id, kind, mode, start, end, version)
         )
+    if connection.vendor != "postgresql":
+        Event.objects.filter(pk__in=[e.pk for e in waiting]).update(fanned_out_at=now)
     return waiting
 
 
@@ -386,6 +405,6 @@ def fan_out_pending_events(limit: int = 1000) -> int:
 
 def fan_out_waiting(limit: int = 1000) -> int:
     """`fan_out_pending_events` in the caller's `counted_atomic`."""
-    events = _waiting_events(limit)
-    fan_out(events)
+    events = _take_waiting_events(limit)
+    fan_out(events, mark=False)
     return len(events)

@@ -63,13 +63,15 @@ class LaneDelta:
     """What one transaction changes in a lane's counter row. Besides the counts, its claim
     floor (`NodeLane.claim_floor`): a claim moves it up to where it stopped (`floor`); a
     task entering pending moves it down to that task's age (`oldest_entering`), or clears it
-    when that age is not at hand (`floor_lost`)."""
+    when that age is not at hand (`floor_lost`). And when a dispatcher served it last
+    (`served_at`, `NodeLane.dispatched_at`)."""
 
     pending: int = 0
     in_flight: int = 0
     floor: dt.datetime | None = None
     oldest_entering: dt.datetime | None = None
     floor_lost: bool = False
+    served_at: dt.datetime | None = None
 
     def add(self, other: LaneDelta) -> None:
         self.pending += other.pending
@@ -77,6 +79,7 @@ class LaneDelta:
         self.floor = earliest(self.floor, other.floor)
         self.oldest_entering = earliest(self.oldest_entering, other.oldest_entering)
         self.floor_lost = self.floor_lost or other.floor_lost
+        self.served_at = max(filter(None, (self.served_at, other.served_at)), default=None)
 
     def floor_change(self) -> tuple[str, list[Any]] | None:
         """The SET clause for the floor and its parameters, or None: the floor stays."""
@@ -111,7 +114,7 @@ _ledgers = _Ledgers()
 # `UPDATE` through the ORM cost more than running it.
 _BUMP_LANE = (
     f"UPDATE {NodeLane._meta.db_table} SET pending = pending + %s, "  # noqa: S608
-    "in_flight = in_flight + %s{floor} WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
+    "in_flight = in_flight + %s{more} WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
 )
 
 
@@ -121,17 +124,22 @@ def _apply(deltas: dict[LaneKey, LaneDelta]) -> None:
     # for microseconds, not for the whole transaction.
     changes = []
     for key in sorted(deltas):
-        delta, floor = deltas[key], deltas[key].floor_change()
-        if delta.pending or delta.in_flight or floor:
-            changes.append((key, delta, floor))
+        delta, clauses, params = deltas[key], [], []
+        if floor := delta.floor_change():
+            clauses.append(floor[0])
+            params += floor[1]
+        if delta.served_at is not None:
+            clauses.append("dispatched_at = %s")
+            params.append(connection.ops.adapt_datetimefield_value(delta.served_at))
+        if delta.pending or delta.in_flight or clauses:
+            changes.append((key, delta, clauses, params))
     if not changes:
         return
     with connection.cursor() as cursor:
-        for (version_id, node_id, lane), delta, floor in changes:
-            clause, floor_params = floor if floor else ("", [])
+        for (version_id, node_id, lane), delta, clauses, params in changes:
             cursor.execute(
-                _BUMP_LANE.format(floor=f", {clause}" if clause else ""),
-                [delta.pending, delta.in_flight, *floor_params, version_id, node_id, lane],
+                _BUMP_LANE.format(more="".join(f", {clause}" for clause in clauses)),
+                [delta.pending, delta.in_flight, *params, version_id, node_id, lane],
             )
 
 
