@@ -378,13 +378,9 @@ def _take_waiting_events(limit: int) -> list[WaitingEvent]:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL enable_bitmapscan = off")
             cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
-            rows = cursor.fetchall()
-        else:
-            locked = connection.features.has_select_for_update_skip_locked
-            cursor.execute(
-                _WAITING_EVENTS + (" FOR UPDATE OF e SKIP LOCKED" if locked else ""), [limit]
-            )
-            rows = cursor.fetchall()
+        else:  # SQLite: one writer at a time, nothing to skip; marked below
+            cursor.execute(_WAITING_EVENTS, [limit])
+        rows = cursor.fetchall()
     event_id = Event._meta.pk.to_python  # SQLite returns the ids as text
     waiting = []
     for id_, org_id, dataset_id, kind, mode, start, end, generation, seq in rows:
