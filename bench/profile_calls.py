@@ -322,13 +322,17 @@ def _measure_lean(org: Any, token: str, pool: Any, table: Table, calls: int) -> 
 
 
 def _measure_dispatcher_step(org: Any, table: Table, calls: int) -> None:
-    """A dispatcher loop's step over 3 waiting events (deferred fan-out, as under the notify
-    trigger), in the one transaction it takes now and in the two it used to take, by turns."""
+    """A fan-out's memo check; a dispatcher loop's step over 3 waiting events (deferred
+    fan-out, as under the notify trigger) in the one transaction it takes now and in the two
+    it used to take, by turns."""
     from django.test import override_settings
 
     from apps.tasks.dispatch import dispatch_once, fan_out_and_claim, send
-    from apps.tasks.fanout import fan_out_pending_events
+    from apps.tasks.fanout import fan_out_pending_events, memoized
     from apps.tasks.ingest import events_ingest
+
+    keys = {f"{i:064x}" for i in range(2)}  # an output event's two consumers
+    measure("fan-out's memo check, 2 keys", lambda i: set(memoized(keys)), calls, table)
 
     for i in range(0, calls * 6, 100):
         events = [event("chain", f"step{j}", j) for j in range(i, min(i + 100, calls * 6))]

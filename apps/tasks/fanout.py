@@ -12,7 +12,6 @@ from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
@@ -129,16 +128,24 @@ def memo_key(consumer: Consumer, event: FanOutEvent) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def memoized(keys: Iterable[str]) -> QuerySet[Task, str]:
+# Written out on PostgreSQL: building the queryset cost Django four times what running it did.
+_MEMOIZED = (
+    f"SELECT memo_key FROM {Task._meta.db_table} WHERE memo_key = ANY(%s) "  # noqa: S608
+    f"AND state = '{TaskState.SUCCEEDED}' AND memo_key <> ''"
+)
+
+
+def memoized(keys: Iterable[str]) -> set[str]:
     """The keys among `keys` that a succeeded task computed already, read on the memo index.
     `memo_key <> ''` is spelled out: it is the index's predicate, which PostgreSQL cannot
     prove from a list of more than 100 keys (it scanned the whole table instead)."""
-    return (
-        Task.objects.filter(memo_key__any=sorted(keys), state=TaskState.SUCCEEDED)
-        .exclude(memo_key="")
-        .order_by()
-        .values_list("memo_key", flat=True)
-    )
+    wanted = sorted(keys)
+    if connection.vendor != "postgresql":
+        done = Task.objects.filter(memo_key__any=wanted, state=TaskState.SUCCEEDED)
+        return set(done.exclude(memo_key="").values_list("memo_key", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMOIZED, [wanted])
+        return {key for (key,) in cursor.fetchall()}
 
 
 def _skip_memoized(tasks: list[NewTask]) -> None:
@@ -146,7 +153,7 @@ def _skip_memoized(tasks: list[NewTask]) -> None:
     keys = {t.memo_key for t in tasks if t.memo_key}
     if not keys:
         return
-    done = set(memoized(keys))
+    done = memoized(keys)
     repeats = [t.id for t in tasks if t.memo_key in done]
     if repeats:  # rare: load the rows the move needs
         lifecycle.task_skip_memoized_many(list(Task.objects.filter(pk__in=repeats)))
