@@ -261,10 +261,9 @@ def insert_tasks(tasks: list[NewTask]) -> None:
             copy.write_row(task)
 
 
-def fan_out(events: Sequence[FanOutEvent], mark: bool = True) -> list[NewTask]:
-    """Create the tasks of `events` and mark them fanned out, in the caller's transaction
-    (`mark=False` when the events are marked already: inserted so by ingestion, or taken so
-    by `fan_out_waiting`)."""
+def fan_out(events: Sequence[FanOutEvent]) -> list[NewTask]:
+    """Create the tasks of `events`, in the caller's transaction, which marks the events
+    fanned out (ingestion inserts them so, `fan_out_waiting` takes them so)."""
     if not events:
         return []
     org_ids = {e.org_id for e in events}
@@ -329,8 +328,6 @@ def fan_out(events: Sequence[FanOutEvent], mark: bool = True) -> list[NewTask]:
     for key, delta in entering.items():
         bump_lane(*key, delta)
     _skip_memoized(tasks)
-    if mark:
-        Event.objects.filter(pk__any=[e.pk for e in events]).update(fanned_out_at=timezone.now())
     return tasks
 
 
@@ -348,7 +345,7 @@ def fanned_out_stamp(now: dt.datetime) -> dt.datetime | None:
 def fan_out_inserted(events: list[Event]) -> None:
     """Fan out events just inserted with `fanned_out_stamp`, unless that is deferred."""
     if not deferred():
-        fan_out(events, mark=False)
+        fan_out(events)
 
 
 # What fan-out and memo keys read of a waiting event (its payload can be large), oldest first.
@@ -385,9 +382,11 @@ def _take_waiting_events(limit: int) -> list[WaitingEvent]:
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL enable_bitmapscan = off")
             cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
-        else:  # SQLite: one writer at a time, nothing to skip; marked below
+            rows = cursor.fetchall()
+        else:  # SQLite: one writer at a time, nothing to skip
             cursor.execute(_WAITING_EVENTS, [limit])
-        rows = cursor.fetchall()
+            rows = cursor.fetchall()
+            Event.objects.filter(pk__in=[row[0] for row in rows]).update(fanned_out_at=now)
     event_id = Event._meta.pk.to_python  # SQLite returns the ids as text
     waiting = []
     for id_, org_id, dataset_id, kind, mode, start, end, generation, seq in rows:
@@ -395,8 +394,6 @@ def _take_waiting_events(limit: int) -> list[WaitingEvent]:
         waiting.append(
             WaitingEvent(event_id(id_), org_id, dataset_id, kind, mode, start, end, version)
         )
-    if connection.vendor != "postgresql":
-        Event.objects.filter(pk__in=[e.pk for e in waiting]).update(fanned_out_at=now)
     return waiting
 
 
@@ -409,5 +406,5 @@ def fan_out_pending_events(limit: int = 1000) -> int:
 def fan_out_waiting(limit: int = 1000) -> int:
     """`fan_out_pending_events` in the caller's `counted_atomic`."""
     events = _take_waiting_events(limit)
-    fan_out(events, mark=False)
+    fan_out(events)
     return len(events)

@@ -315,6 +315,6 @@ def dataset_invalidate(org: Org, dataset_id: str, body: Any) -> Event:
             payload=body.get("payload") or {},
             fanned_out_at=timezone.now(),
         )
-        fan_out([event], mark=False)
+        fan_out([event])
         dispatch_after_commit()
     return event
