@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -319,6 +320,7 @@ def _measure_lean(org: Any, token: str, pool: Any, table: Table, calls: int) -> 
             table,
         )
         _measure_dispatcher_step(org, table, calls)
+    _measure_sends(table, calls)
 
 
 def _measure_dispatcher_step(org: Any, table: Table, calls: int) -> None:
@@ -352,6 +354,43 @@ def _measure_dispatcher_step(org: Any, table: Table, calls: int) -> None:
             calls,
             table,
         )
+
+
+def _measure_sends(table: Table, calls: int) -> None:
+    """A tick's send of three one-task messages to Redis: pushed by the python runtime's
+    adapter (ADR 0021), and through Celery's `apply_async` as it used to be, by turns."""
+    import redis
+    from django.conf import settings
+
+    from apps.tasks.runtimes import (
+        CeleryPoolAdapter,
+        Dispatched,
+        pool_message_args,
+        publish_through_celery,
+    )
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.flushdb()
+    node = {"id": "op1"}
+    ticks = [[[Dispatched(uuid.uuid4(), 1, "t" * 40)] for _ in range(3)] for _ in range(calls)]
+    adapter = CeleryPoolAdapter()
+
+    alternated(
+        [
+            (
+                "a tick's send, 3 messages: pushed to Redis",
+                lambda i: adapter.send_many([(node, tasks) for tasks in ticks[i]]),
+            ),
+            (
+                "a tick's send, 3 messages: through apply_async",
+                lambda i: publish_through_celery([pool_message_args(t) for t in ticks[i]]),
+            ),
+        ],
+        calls,
+        table,
+    )
+    assert broker.llen("celery") == 6 * calls, "every message reached the queue"
+    broker.flushdb()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The python runtime's sends (`CeleryPoolAdapter.send_many`) through a real Redis broker:
-a tick's messages go through one producer in one pipeline, one message per claim, and a
-broker that cannot be reached fails every send of the tick (their tasks go back to pending).
-A worker's delivery keeps no bookkeeping in Redis (ADR 0017)."""
+a tick's messages go in one pipeline, one message per claim, each the message Celery's own
+`apply_async` would have pushed (ADR 0021), and a broker that cannot be reached fails every
+send of the tick (their tasks go back to pending). A worker's delivery keeps no bookkeeping in
+Redis (ADR 0017)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,37 @@ sends = [
 print(json.dumps(sorted(str(task_id) for task_id in CeleryPoolAdapter().send_many(sends))))
 """
 
+# The same pool message pushed by the adapter and by Celery's `apply_async`, in that order.
+BOTH = r"""
+import json, uuid
+import django
+django.setup()
+from apps.tasks.runtimes import (
+    CeleryPoolAdapter, Dispatched, pool_message_args, publish_through_celery,
+)
+tasks = [Dispatched(uuid.UUID(int=7), 2, "t7")]
+failed = CeleryPoolAdapter().send_many([({"id": "op1"}, tasks)])
+publish_through_celery([pool_message_args(tasks)])
+print(json.dumps(sorted(map(str, failed))))
+"""
+# The embedded default's broker (a folder): what the adapter's send leaves there.
+ON_DISK = r"""
+import json, os, uuid
+import django
+django.setup()
+from django.conf import settings
+from apps.tasks.celery_publish import redis_publisher
+from apps.tasks.celery_tasks import run_pool_message
+from apps.tasks.runtimes import CeleryPoolAdapter, Dispatched
+tasks = [Dispatched(uuid.UUID(int=9), 1, "t9")]
+failed = CeleryPoolAdapter().send_many([({"id": "op1"}, tasks)])
+folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_out"]
+print(json.dumps({
+    "failed": sorted(map(str, failed)),
+    "pushed_directly": redis_publisher(run_pool_message.app, run_pool_message.name) is not None,
+    "files": [open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))],
+}))
+"""
 
 # A worker's consumer takes one message off a queue, unacknowledged, as Celery's does, then
 # reports what the broker holds meanwhile.
@@ -109,6 +141,46 @@ def test_a_ticks_sends_reach_redis_as_one_message_per_claim(tmp_path):
             }
             for i in range(n)
         ]
+
+
+def test_the_adapters_message_is_the_one_celery_would_push(tmp_path):
+    """Celery's worker reads what `apply_async` pushes; the adapter pushes it itself, so the
+    two must agree on everything but the message's own ids (an upgrade of Celery or kombu
+    that changes the format fails here)."""
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    try:
+        assert run_with_broker(BOTH, BROKER, tmp_path) == []
+        # LPUSH puts the newest first: Celery's, then the adapter's.
+        celerys, adapters = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+    finally:
+        client.flushdb()
+    for envelope in (celerys, adapters):
+        message_id = envelope["headers"].pop("id")
+        assert envelope["headers"].pop("root_id") == message_id
+        assert envelope["properties"].pop("correlation_id") == message_id
+        envelope["properties"].pop("delivery_tag")
+        envelope["headers"].pop("origin")  # the sending process's name
+    # Celery also copies the reprs into the properties and names its app for replies, which a
+    # task that ignores its result never gets.
+    assert celerys["properties"].pop("argsrepr") == "[1 task(s)]"
+    assert celerys["properties"].pop("kwargsrepr") == "{}"
+    assert celerys["properties"].pop("reply_to")
+    assert adapters["properties"].pop("reply_to") == ""
+    assert adapters == celerys
+
+
+def test_another_broker_gets_the_message_through_apply_async(tmp_path):
+    """Only Redis is pushed to directly; the embedded default's folder broker gets Celery's."""
+    sent = run_with_broker(ON_DISK, "filesystem://", tmp_path)
+    assert sent["failed"] == []
+    assert sent["pushed_directly"] is False
+    (envelope,) = [json.loads(text) for text in sent["files"]]
+    assert envelope["headers"]["task"] == "apps.tasks.celery_tasks.run_pool_message"
+    args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    assert args[0]["tasks"] == [
+        {"task_id": "00000000-0000-0000-0000-000000000009", "attempt": 1, "dispatch_token": "t9"}
+    ]
 
 
 def test_an_unreachable_broker_fails_every_send_of_the_tick(tmp_path):

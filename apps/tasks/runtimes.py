@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from apps.tasks.celery_publish import redis_publisher
+
 logger = logging.getLogger(__name__)
 
 
@@ -92,6 +94,24 @@ def pool_message(tasks: list[Dispatched]) -> dict[str, Any]:
     return {"tasks": [t.as_message() for t in tasks], "api_url": settings.SLUICE_API_URL}
 
 
+def pool_message_args(tasks: list[Dispatched]) -> tuple[list[Any], str]:
+    """The pool task's arguments for `tasks`, and their repr for Celery's logs (the count: a
+    repr of the whole message would cost more than the rest of the send)."""
+    return [pool_message(tasks)], f"[{len(tasks)} task(s)]"
+
+
+def publish_through_celery(messages: list[tuple[list[Any], str]]) -> None:
+    """Celery's own publish (`apply_async`) of pool messages: one producer, one batch (one
+    Redis pipeline where the broker is Redis)."""
+    from apps.tasks.celery_tasks import run_pool_message
+
+    with run_pool_message.app.producer_or_acquire() as producer, producer.batch():
+        for args, argsrepr in messages:
+            run_pool_message.apply_async(
+                args=args, producer=producer, argsrepr=argsrepr, kwargsrepr="{}"
+            )
+
+
 class CeleryPoolAdapter:
     """The platform's own pool workers (python, sql): one Celery message per claimed batch."""
 
@@ -99,21 +119,18 @@ class CeleryPoolAdapter:
         return self.send_many([(node, tasks)])
 
     def send_many(self, sends: list[Send]) -> set[uuid.UUID]:
-        """A tick's messages through one producer, in one round trip where the broker can
-        batch them (Redis: one pipeline). A failure fails them all: the tasks go back to
-        pending, and a message that did go is refused at fetch (its dispatch token is stale)."""
+        """A tick's messages in one round trip where the broker can batch them (Redis: one
+        pipeline). A failure fails them all: the tasks go back to pending, and a message that
+        did go is refused at fetch (its dispatch token is stale)."""
         from apps.tasks.celery_tasks import run_pool_message
 
+        messages = [pool_message_args(tasks) for _, tasks in sends]
         try:
-            with run_pool_message.app.producer_or_acquire() as producer, producer.batch():
-                for _, tasks in sends:
-                    run_pool_message.apply_async(
-                        args=[pool_message(tasks)],
-                        producer=producer,
-                        # Celery would repr the whole message for its logs; the count says enough.
-                        argsrepr=f"[{len(tasks)} task(s)]",
-                        kwargsrepr="{}",
-                    )
+            publisher = redis_publisher(run_pool_message.app, run_pool_message.name)
+            if publisher is not None:
+                publisher.publish(messages)
+            else:
+                publish_through_celery(messages)
         except Exception:  # any broker failure: the tasks go back to pending
             logger.exception(
                 "sending %d message(s) of %s to Celery failed",
