@@ -5,8 +5,8 @@ each more: kombu builds a new Redis client for every publish, and Celery looks i
 a dozen times. On a Redis broker this module pushes the same message itself: the headers,
 properties and body Celery's own `as_task_v2` builds (task protocol 2, documented by Celery),
 in kombu's Redis envelope, with one long-lived client and one pipeline a tick. Whatever this
-path does not cover (another broker, eager mode, another serializer or protocol, a key prefix,
-a non-direct route) goes through `apply_async` as before.
+path does not cover (another broker, TLS options, eager mode, another serializer or protocol, a
+key prefix, a route of its own) goes through `apply_async` as before.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def _pushes_to_redis(app: Celery) -> bool:
     conf = app.conf
     return (
         str(conf.broker_url).startswith(("redis://", "rediss://"))
+        and not conf.broker_use_ssl  # TLS options of Celery's own: its client applies them
         and not conf.task_always_eager
         and conf.task_protocol == 2
         and conf.task_serializer == "json"
