@@ -334,7 +334,7 @@ def _measure_dispatcher_step(org: Any, table: Table, calls: int) -> None:
     from apps.tasks.ingest import events_ingest
 
     keys = {f"{i:064x}" for i in range(2)}  # an output event's two consumers
-    measure("fan-out's memo check, 2 keys", lambda i: set(memoized(keys)), calls, table)
+    measure("fan-out's memo check, 2 keys", lambda i: memoized(keys), calls, table)
 
     for i in range(0, calls * 6, 100):
         events = [event("chain", f"step{j}", j) for j in range(i, min(i + 100, calls * 6))]
