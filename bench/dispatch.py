@@ -5,8 +5,9 @@
 It recreates the database named in --database-url (default sluice_bench), migrates it, sets
 up an org, an operator and an API token, deploys chains of no-op python operators
 (`demo_ops:noop`), starts the real processes (gunicorn, `manage.py dispatch --loop`,
-`manage.py reap --loop`, a Celery worker over Redis db 14), and prints each figure with its
-unit. Every child process is bounded by `timeout` and stopped before the script ends.
+`manage.py reap --loop`, W single-slot Celery workers over Redis db 14), and prints each
+figure with its unit. Every child process is bounded by `timeout` and stopped before the
+script ends.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class Platform:
     env: dict[str, str]
     log_dir: Path
     max_seconds: int
-    celery_pool: str = "prefork"
+    celery_pool: str = "solo"
+    web_threads: int = 4
 
     @contextmanager
     def running(
@@ -186,7 +188,7 @@ class Platform:
                     "--workers",
                     str(web_workers),
                     "--threads",
-                    "4",
+                    str(self.web_threads),
                 ],
             )
             for i in range(dispatchers):
@@ -203,9 +205,12 @@ class Platform:
                     ]
                 procs.start(f"dispatch{i}", cmd)
             procs.start("reap", [PYTHON, "manage.py", "reap", "--loop", "--idle-sleep", "1.0"])
-            if celery_concurrency:
+            # solo: `celery_concurrency` single-slot workers, each running its messages itself
+            # (ADR 0022); prefork or threads: one worker with that many pool slots.
+            solo = self.celery_pool == "solo"
+            for i in range(celery_concurrency if solo else min(celery_concurrency, 1)):
                 procs.start(
-                    "celery",
+                    f"celery{i}",
                     [
                         PYTHON,
                         "-m",
@@ -214,7 +219,7 @@ class Platform:
                         "config",
                         "worker",
                         "-c",
-                        str(celery_concurrency),
+                        "1" if solo else str(celery_concurrency),
                         "--pool",
                         self.celery_pool,
                         "--loglevel",
@@ -223,7 +228,7 @@ class Platform:
                         "--without-gossip",
                         "--without-heartbeat",
                         "-n",
-                        "bench@%h",
+                        f"bench{i}@%h",
                     ],
                 )
             wait_http(self.port)
@@ -830,14 +835,16 @@ def main() -> None:
     parser.add_argument("--single-events", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--batch-clients", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=4, help="Celery worker concurrency")
+    parser.add_argument("--workers", type=int, default=4, help="Celery slots")
     parser.add_argument(
         "--celery-pool",
-        choices=["prefork", "threads"],
-        default="prefork",
-        help="the Celery worker's pool (threads suits the python runtime's I/O-bound calls)",
+        choices=["solo", "prefork", "threads"],
+        default="solo",
+        help="solo: --workers single-slot Celery workers (ADR 0022); prefork or threads: one "
+        "worker with --workers pool slots",
     )
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--web-threads", type=int, default=4, help="threads per web worker")
     parser.add_argument("--dispatchers", type=int, default=1)
     parser.add_argument(
         "--trigger",
@@ -885,7 +892,9 @@ def main() -> None:
     django.setup()
     setup = setup_org()
     chain = deploy(setup.org, "chain")
-    platform = Platform(port, env, data_dir / "logs", args.max_process_seconds, args.celery_pool)
+    platform = Platform(
+        port, env, data_dir / "logs", args.max_process_seconds, args.celery_pool, args.web_threads
+    )
 
     if "ingest" not in skip:
         console.rule(f"ingest over HTTP (web only, trigger {args.trigger}, no dispatcher)")

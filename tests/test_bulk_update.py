@@ -1,14 +1,15 @@
-"""`update_each`: per-row values in one statement (unnest on PostgreSQL, CASE elsewhere)."""
+"""`update_each`: per-row values in one statement (unnest on PostgreSQL, CASE elsewhere);
+`execute_in_order`: statements in one round trip on PostgreSQL."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
-from apps.orgs.bulk import insert_all, insert_new, update_each
+from apps.orgs.bulk import execute_in_order, insert_all, insert_new, update_each
 from apps.tasks.ingest import events_ingest
 from apps.tasks.models import Attempt, Event, Task
 from tests.conftest import World
@@ -148,3 +149,19 @@ def test_plain_columns_are_the_values_the_fields_would_prepare(world: World):
         _column(Attempt._meta.get_field("started_at"), [naive])
     odd = Attempt(task=task, number="7", lease_token="o")  # a str where an int belongs
     assert _column(Attempt._meta.get_field("number"), [odd]) == [7]
+
+
+@pytest.mark.django_db
+def test_statements_run_in_order_in_one_round_trip(django_assert_num_queries):
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE ordered (n integer, note text)")
+    statements = [
+        ("INSERT INTO ordered VALUES (%s, %s)", [1, "it's; 100%"]),
+        ("UPDATE ordered SET n = n * %s", [10]),  # sees the row before it
+        ("INSERT INTO ordered VALUES (%s, %s)", [2, "%s"]),
+    ]
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 3):
+        execute_in_order(statements)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT n, note FROM ordered ORDER BY n DESC")
+        assert cursor.fetchall() == [(10, "it's; 100%"), (2, "%s")]

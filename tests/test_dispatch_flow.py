@@ -741,3 +741,20 @@ def test_reconcile_lowers_a_floor_above_a_pending_task(world, chain, untriggered
     tasks = _one_claimed_under_a_wrong_floor(world, 2)
     assert reaper.reconcile_lanes() >= 1
     assert _op1_lane().claim_floor == tasks[1].created_at
+
+
+def test_a_step_reads_the_lanes_in_the_round_trip_that_counts_its_fan_out(
+    world, chain, recorder, settings
+):
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    post_event(world)
+    with CaptureQueriesContext(connection) as queries:
+        fanned, claims = dispatch.fan_out_and_claim()
+    assert fanned == 1 and [c.node_id for c in claims] == ["op1"]
+    [read] = [q["sql"] for q in queries if "FROM node_lanes l" in q["sql"]]
+    if connection.vendor == "postgresql":  # one round trip: the fan-out's count, then the read
+        assert read.startswith("UPDATE node_lanes SET pending = pending + 1")
+        # A few tasks go in one INSERT, not a COPY (two round trips).
+        assert [q for q in queries if q["sql"].startswith("INSERT INTO tasks")]
+        assert not [q for q in queries if q["sql"].startswith("COPY")]
+    assert _op1_lane().in_flight == 1

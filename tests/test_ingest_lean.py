@@ -77,6 +77,7 @@ def test_the_lean_post_answers_202_without_a_django_query(notify: World, django_
     # Answered ahead of the session, auth and messages middleware, with the header it adds.
     assert not hasattr(response.wsgi_request, "session")
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Content-Length"] == str(len(response.content))  # not chunked
     [answer] = response.json()["events"]
     assert answer["created"] is True
     assert Event.objects.get(pk=answer["id"]).idempotency_key == "k"

@@ -6,6 +6,7 @@ import pytest
 from django.db import transaction
 
 from apps.orgs import services as org_services
+from apps.tasks import fanout
 from apps.tasks.fanout import fan_out
 from apps.tasks.models import Event, NodeLane, Task
 from tests.conftest import World
@@ -21,7 +22,12 @@ def _config(op2_timeout: int) -> dict:
     return config
 
 
-def test_a_replayed_commit_is_skipped_for_an_unchanged_node(world: World, recorder):
+@pytest.mark.parametrize("joined_at_most", [fanout.INSERT_JOINED_AT_MOST, 0])
+def test_a_replayed_commit_is_skipped_for_an_unchanged_node(
+    world: World, recorder, monkeypatch, joined_at_most: int
+):
+    # The memo read in the round trip of a small INSERT, and after a COPY.
+    monkeypatch.setattr(fanout, "INSERT_JOINED_AT_MOST", joined_at_most)
     deploy(world.acme, _config(300))
     _, key = org_services.worker_key_issue(org=world.acme, name="w")
     worker = worker_client(key)

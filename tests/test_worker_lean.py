@@ -148,6 +148,7 @@ def test_the_lean_complete_answers_without_a_django_query(
             response = pool.post("/internal/task-complete", body(lease), format="json")
         assert response.status_code == 200, response.content
         assert not hasattr(response.wsgi_request, "session")  # ahead of that middleware
+        assert response.headers["Content-Length"] == str(len(response.content))
         assert wakeups.wait(5.0) is True  # the dispatcher loops are woken
     finally:
         wakeups.close()
@@ -426,6 +427,7 @@ def test_the_lean_fetch_answers_without_a_django_query(
         response = fetch(pool, message)
     assert response.status_code == 200, response.content
     assert not hasattr(response.wsgi_request, "session")  # ahead of that middleware
+    assert response.headers["Content-Length"] == str(len(response.content))
     assert response.json()["task"]["id"] == message["task_id"]
     # The same message again: the full path's 409, and still one attempt.
     again = fetch(pool, message)

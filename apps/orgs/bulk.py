@@ -36,6 +36,36 @@ def array_cursor() -> Iterator[Any]:
         yield cursor
 
 
+def joins_statements() -> bool:
+    """Whether several statements may go in one `execute` on this connection: PostgreSQL
+    with Django's default client-side binding, which sends them as one simple query."""
+    if connection.vendor != "postgresql":
+        return False
+    connection.ensure_connection()
+    return issubclass(connection.connection.cursor_factory, psycopg.ClientCursor)
+
+
+def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+    """Run `statements` (SQL, parameters) one after the other in the current transaction, on
+    PostgreSQL in one round trip; the last one's rows (none if it returns none). A loop's
+    step ran a dozen short statements, each a round trip to a backend that, with both cores
+    busy, waits to be scheduled."""
+    if not statements:
+        return []
+    with connection.cursor() as cursor:
+        if len(statements) > 1 and joins_statements():
+            cursor.execute(
+                "; ".join(sql for sql, _ in statements),
+                [param for _, params in statements for param in params],
+            )
+            while cursor.nextset():  # on to the last statement's result
+                pass
+        else:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+
 def update_each(
     model: type[models.Model],
     values: Mapping[Any, Mapping[str, Any]],

@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.dags.models import DagVersion, node_map_of
+from apps.orgs.bulk import execute_in_order
 from apps.tasks import fanout, lifecycle
 from apps.tasks.lifecycle import LaneDelta, counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
@@ -60,21 +61,20 @@ _PACED = (
 )
 
 
-def _runnable_lanes(lanes_per_tick: int, batch: int) -> list[tuple]:
-    """Lock up to `lanes_per_tick` runnable lanes (SKIP LOCKED: other dispatchers take others)."""
+def _runnable_lanes(lanes_per_tick: int, batch: int) -> lifecycle.Statement:
+    """The statement that locks up to `lanes_per_tick` runnable lanes (SKIP LOCKED: other
+    dispatchers take others)."""
     paced = settings.SLUICE_DISPATCH_PACING
     sql = _LANES.format(paced=_PACED if paced else "")
     if connection.features.has_select_for_update_skip_locked:
         sql += " FOR UPDATE OF l SKIP LOCKED"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [batch, lanes_per_tick] if paced else [lanes_per_tick])
-        return cursor.fetchall()
+    return sql, [batch, lanes_per_tick] if paced else [lanes_per_tick]
 
 
 def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH) -> list[Claim]:
     """One claiming transaction. Returns what to send once it has committed."""
     with counted_atomic():
-        return _claim_runnable(lanes_per_tick, batch)
+        return _claim_lanes(execute_in_order([_runnable_lanes(lanes_per_tick, batch)]), batch)
 
 
 def fan_out_and_claim(
@@ -87,14 +87,13 @@ def fan_out_and_claim(
         fanned = fanout.fan_out_waiting(events)
         # The claim reads the lanes' counters. Locking the fan-out's lanes now (sorted, as
         # ever) is safe: the claim locks lanes only with SKIP LOCKED, or those it holds.
-        lifecycle.apply_counted()
-        return fanned, _claim_runnable(lanes_per_tick, batch)
+        lanes = lifecycle.apply_counted(then=_runnable_lanes(lanes_per_tick, batch))
+        return fanned, _claim_lanes(lanes, batch)
 
 
-def _claim_runnable(lanes_per_tick: int, batch: int) -> list[Claim]:
-    """Claim from up to `lanes_per_tick` runnable lanes, in the caller's `counted_atomic`."""
+def _claim_lanes(lanes: list[tuple], batch: int) -> list[Claim]:
+    """Claim from the runnable lanes just locked, in the caller's `counted_atomic`."""
     claims: list[Claim] = []
-    lanes = _runnable_lanes(lanes_per_tick, batch)
     served = LaneDelta(served_at=timezone.now())
     for version_id, node_id, lane, runtime, room, pending, floor, config_hash in lanes:
         lifecycle.bump_lane(version_id, node_id, lane, served)  # with its counts, at the end

@@ -16,9 +16,17 @@ from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
 from apps.datasets.models import Commit, commit_version
+from apps.orgs.bulk import execute_in_order, joins_statements
 from apps.orgs.compiled import load_models
 from apps.tasks import lifecycle
-from apps.tasks.lifecycle import LaneDelta, LaneKey, bump_lane, counted_atomic, earliest
+from apps.tasks.lifecycle import (
+    LaneDelta,
+    LaneKey,
+    Statement,
+    bump_lane,
+    counted_atomic,
+    earliest,
+)
 from apps.tasks.models import Event, EventKind, Mode, NodeLane, Task, TaskState
 from apps.tasks.runtimes import runtime_of, runtimes
 
@@ -143,17 +151,23 @@ def memoized(keys: Iterable[str]) -> set[str]:
     if connection.vendor != "postgresql":
         done = Task.objects.filter(memo_key__any=wanted, state=TaskState.SUCCEEDED)
         return set(done.exclude(memo_key="").values_list("memo_key", flat=True))
-    with connection.cursor() as cursor:
-        cursor.execute(_MEMOIZED, [wanted])
-        return {key for (key,) in cursor.fetchall()}
+    return {key for (key,) in execute_in_order([(_MEMOIZED, [wanted])])}
 
 
-def _skip_memoized(tasks: list[NewTask]) -> None:
-    """New tasks whose memo key already succeeded end as skipped_memoized, without running."""
+def _insert_finding_memoized(tasks: list[NewTask]) -> set[str]:
+    """Insert new tasks; the memo keys among theirs that a succeeded task computed already
+    (on PostgreSQL read in the insert's round trip, when it is an `INSERT`)."""
     keys = {t.memo_key for t in tasks if t.memo_key}
-    if not keys:
+    if keys and connection.vendor == "postgresql":
+        return {key for (key,) in insert_tasks(tasks, then=(_MEMOIZED, [sorted(keys)]))}
+    insert_tasks(tasks)
+    return memoized(keys) if keys else set()
+
+
+def _skip_memoized(tasks: list[NewTask], done: set[str]) -> None:
+    """New tasks whose memo key already succeeded end as skipped_memoized, without running."""
+    if not done:
         return
-    done = memoized(keys)
     repeats = [t.id for t in tasks if t.memo_key in done]
     if repeats:  # rare: load the rows the move needs
         lifecycle.task_skip_memoized_many(list(Task.objects.filter(pk__in=repeats)))
@@ -240,17 +254,28 @@ class NewTask(NamedTuple):
 
 
 _COPY_TASKS = f"COPY {Task._meta.db_table} ({', '.join(NewTask._fields)}) FROM STDIN"
+_INSERT_TASKS = f"INSERT INTO {Task._meta.db_table} ({', '.join(NewTask._fields)}) VALUES "  # noqa: S608
+_TASK_VALUES = f"({', '.join(['%s'] * len(NewTask._fields))})"
+# Up to this many tasks go in one `INSERT`, sent with the statement after it in one round
+# trip; more go by `COPY` (two round trips, but its rows are formatted in C).
+INSERT_JOINED_AT_MOST = 20
 
 
-def insert_tasks(tasks: list[NewTask]) -> None:
-    """Insert new tasks: on PostgreSQL with `COPY`, whose rows psycopg formats in C (column
+def insert_tasks(tasks: list[NewTask], then: Statement | None = None) -> list[tuple]:
+    """Insert new tasks, then run `then`: its rows. On PostgreSQL a few tasks go in one
+    `INSERT` in `then`'s round trip; more by `COPY`, whose rows psycopg formats in C (column
     arrays spent a third of an insert dumping each element in Python; `bulk_create` half of a
     fan-out). A conflict is a bug here (see `fan_out`), so it is not skipped."""
+    after = [then] if then else []
     if not tasks:
-        return
+        return execute_in_order(after)
     if connection.vendor != "postgresql":
         Task.objects.bulk_create([Task(**task._asdict()) for task in tasks])
-        return
+        return execute_in_order(after)
+    if len(tasks) <= INSERT_JOINED_AT_MOST and joins_statements():
+        rows = [_TASK_VALUES] * len(tasks)
+        insert = (_INSERT_TASKS + ", ".join(rows), [value for task in tasks for value in task])
+        return execute_in_order([insert, *after])
     # Errors as Django's (a duplicate is an IntegrityError), as from any other statement.
     with (
         connection.cursor() as cursor,
@@ -259,6 +284,7 @@ def insert_tasks(tasks: list[NewTask]) -> None:
     ):
         for task in tasks:
             copy.write_row(task)
+    return execute_in_order(after)
 
 
 def fan_out(events: Sequence[FanOutEvent]) -> list[NewTask]:
@@ -314,7 +340,7 @@ def fan_out(events: Sequence[FanOutEvent]) -> list[NewTask]:
         ensure_lanes(by_id[version_id].dag, by_id[version_id], pairs)
     # No ignore_conflicts: callers fan out only events not yet fanned out, under a lock, so a
     # duplicate here is a bug, and the unique constraint makes it fail loudly instead.
-    insert_tasks(tasks)
+    done = _insert_finding_memoized(tasks)
     # Each lane's count, and its oldest new task: a fan-out that commits after a claim went
     # past its tasks' ages lowers the lane's claim floor to them.
     entering: dict[LaneKey, LaneDelta] = {}
@@ -327,7 +353,7 @@ def fan_out(events: Sequence[FanOutEvent]) -> list[NewTask]:
             delta.oldest_entering = earliest(delta.oldest_entering, task.created_at)
     for key, delta in entering.items():
         bump_lane(*key, delta)
-    _skip_memoized(tasks)
+    _skip_memoized(tasks, done)
     return tasks
 
 
@@ -367,6 +393,8 @@ _TAKE_WAITING_EVENTS = (
     "ON c.id = m.commit_id ORDER BY m.created_at"
 )
 
+_NO_BITMAP_SCAN = "SET LOCAL enable_bitmapscan = off"
+
 
 def _take_waiting_events(limit: int) -> list[WaitingEvent]:
     """Lock up to `limit` events waiting for fan-out (SKIP LOCKED: other dispatchers take
@@ -380,8 +408,12 @@ def _take_waiting_events(limit: int) -> list[WaitingEvent]:
     now = timezone.now()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL enable_bitmapscan = off")
-            cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
+            if joins_statements():  # one round trip: the setting, then the statement's rows
+                cursor.execute(f"{_NO_BITMAP_SCAN}; {_TAKE_WAITING_EVENTS}", [limit, now])
+                cursor.nextset()
+            else:
+                cursor.execute(_NO_BITMAP_SCAN)
+                cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
             rows = cursor.fetchall()
         else:  # SQLite: one writer at a time, nothing to skip
             cursor.execute(_WAITING_EVENTS, [limit])

@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from apps.orgs.bulk import update_each
+from apps.orgs.bulk import execute_in_order, update_each
 from apps.orgs.errors import Conflict
 from apps.tasks.models import IN_FLIGHT_STATES, NodeLane, Task, TaskState
 
@@ -118,11 +118,14 @@ _BUMP_LANE = (
 )
 
 
-def _apply(deltas: dict[LaneKey, LaneDelta]) -> None:
+Statement = tuple[str, list[Any]]
+
+
+def _apply(deltas: dict[LaneKey, LaneDelta], then: Statement | None = None) -> list[tuple]:
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
-    changes = []
+    statements: list[tuple[str, list[Any]]] = []
     for key in sorted(deltas):
         delta, clauses, params = deltas[key], [], []
         if floor := delta.floor_change():
@@ -132,15 +135,14 @@ def _apply(deltas: dict[LaneKey, LaneDelta]) -> None:
             clauses.append("dispatched_at = %s")
             params.append(connection.ops.adapt_datetimefield_value(delta.served_at))
         if delta.pending or delta.in_flight or clauses:
-            changes.append((key, delta, clauses, params))
-    if not changes:
-        return
-    with connection.cursor() as cursor:
-        for (version_id, node_id, lane), delta, clauses, params in changes:
-            cursor.execute(
-                _BUMP_LANE.format(more="".join(f", {clause}" for clause in clauses)),
-                [delta.pending, delta.in_flight, *params, version_id, node_id, lane],
+            statements.append(
+                (
+                    _BUMP_LANE.format(more="".join(f", {clause}" for clause in clauses)),
+                    [delta.pending, delta.in_flight, *params, *key],
+                )
             )
+    # Still one statement a lane, in the sorted order; `then` in the same round trip.
+    return execute_in_order([*statements, *([then] if then else [])])
 
 
 @contextmanager
@@ -162,14 +164,16 @@ def counted_atomic() -> Iterator[None]:
             _apply(deltas)
 
 
-def apply_counted() -> None:
+def apply_counted(then: Statement | None = None) -> list[tuple]:
     """Apply the counter changes the current `counted_atomic` has collected so far, for the
-    rest of its transaction to read. The lanes stay locked until it commits: only a block
-    whose later statements lock lanes with SKIP LOCKED, or those it holds, may call this, so
-    lanes are still waited for in one sorted order."""
+    rest of its transaction to read, then run `then` (the same round trip): its rows. The
+    lanes stay locked until it commits: only a block whose later statements lock lanes with
+    SKIP LOCKED, or those it holds, may call this, so lanes are still waited for in one
+    sorted order."""
     deltas = _ledgers.stack[-1]
-    _apply(deltas)
+    rows = _apply(deltas, then)
     deltas.clear()
+    return rows
 
 
 def bump_lane(version_id: int, node_id: str, lane: str, delta: LaneDelta) -> None:
