@@ -758,3 +758,38 @@ def test_a_step_reads_the_lanes_in_the_round_trip_that_counts_its_fan_out(
         assert [q for q in queries if q["sql"].startswith("INSERT INTO tasks")]
         assert not [q for q in queries if q["sql"].startswith("COPY")]
     assert _op1_lane().in_flight == 1
+
+
+def test_a_step_reads_an_orgs_versions_again_only_when_they_changed(
+    world, chain, recorder, settings
+):
+    """PostgreSQL: the waiting events' statement reads each org's versions stamp; a step
+    whose stamp matches the versions kept reads none."""
+    from apps.dags.models import Dag
+    from apps.dags.services import dag_pause, dag_rollback
+
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    kept = connection.vendor == "postgresql"
+
+    def step(key: str, **fields) -> tuple[list[int], int]:
+        post_event(world, key=key, **fields)
+        with CaptureQueriesContext(connection) as queries:
+            assert dispatch.fan_out_and_claim()[0] == 1
+        reads = [q for q in queries if 'FROM "dag_versions" INNER JOIN "dags"' in q["sql"]]
+        tasks = Task.objects.filter(event__idempotency_key=key)
+        return sorted(tasks.values_list("dag_version__number", flat=True)), len(reads)
+
+    step("k1")
+    assert step("k2") == ([1], 0 if kept else 1)
+    config = chain_config()
+    config["nodes"][1]["timeout_s"] = 999  # op1 changed: version 2 supersedes 1
+    deploy(world.acme, config)
+    assert step("k3") == ([2], 1)
+    assert step("k4") == ([2], 0 if kept else 1)
+    dag = Dag.objects.get(org=world.acme, name="chain")
+    dag_rollback(dag=dag, version=1, actor=None)  # version 1's stamp again, kept is 2's
+    assert step("k5") == ([1], 1)
+    # A lane created from kept versions takes the DAG's pauses as they are now.
+    dag_pause(dag=Dag.objects.get(pk=dag.pk), node="op1")
+    step("k6", mode="backfill")
+    assert NodeLane.objects.get(dag_version__number=1, node_id="op1", lane="backfill").paused
