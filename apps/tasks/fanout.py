@@ -427,9 +427,11 @@ _TAKE_WAITING_EVENTS = (
     f"marked AS (UPDATE {Event._meta.db_table} e SET fanned_out_at = %s FROM picked "
     "WHERE e.id = picked.id RETURNING e.id, e.org_id, e.dataset_id, e.kind, e.mode, "
     "e.range_start, e.range_end, e.commit_id, e.created_at), "
-    # Each org's `versions_stamp`, read in the statement that takes its events.
-    "stamps AS (SELECT o.org_id, (SELECT COALESCE(string_agg(v.id || ':' || v.state, ',' "
-    f"ORDER BY v.id), '') FROM {DagVersion._meta.db_table} v "
+    # Each org's `versions_stamp`, read in the statement that takes its events; once per org
+    # (inlined into the join, the stamp was computed again for each of a batch's events).
+    "stamps AS MATERIALIZED (SELECT o.org_id, (SELECT "
+    "COALESCE(string_agg(v.id || ':' || v.state, ',' ORDER BY v.id), '') "
+    f"FROM {DagVersion._meta.db_table} v "
     f"JOIN {Dag._meta.db_table} d ON d.id = v.dag_id WHERE d.org_id = o.org_id "
     f"AND v.state IN ({', '.join(repr(str(s)) for s in sorted(LIVE_VERSION_STATES))})) "
     "AS stamp FROM (SELECT DISTINCT org_id FROM marked) o) "
