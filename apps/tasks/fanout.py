@@ -175,7 +175,7 @@ def _skip_memoized(tasks: list[NewTask], done: set[str]) -> None:
 
 def versions_stamp(versions: Iterable[DagVersion]) -> str:
     """What fan-out reads of an org's live versions that can change: which they are, and
-    their states (`_STAMPS` computes the same in SQL)."""
+    their states (`_TAKE_WAITING_EVENTS` computes the same in SQL)."""
     return ",".join(f"{v.pk}:{v.state}" for v in sorted(versions, key=lambda v: v.pk))
 
 
@@ -453,19 +453,13 @@ def _take_waiting_events(limit: int) -> tuple[list[WaitingEvent], dict[int, str]
     say few events wait visits each of them in the heap, at every fan-out; an index scan marks
     the dead ones as it passes, and later scans skip them in the index (ADR 0017)."""
     now = timezone.now()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            if joins_statements():  # one round trip: the setting, then the statement's rows
-                cursor.execute(f"{_NO_BITMAP_SCAN}; {_TAKE_WAITING_EVENTS}", [limit, now])
-                cursor.nextset()
-            else:
-                cursor.execute(_NO_BITMAP_SCAN)
-                cursor.execute(_TAKE_WAITING_EVENTS, [limit, now])
-            rows = cursor.fetchall()
-        else:  # SQLite: one writer at a time, nothing to skip
+    if connection.vendor == "postgresql":  # one round trip: the setting, then the statement
+        rows = execute_in_order([(_NO_BITMAP_SCAN, []), (_TAKE_WAITING_EVENTS, [limit, now])])
+    else:  # SQLite: one writer at a time, nothing to skip
+        with connection.cursor() as cursor:
             cursor.execute(_WAITING_EVENTS, [limit])
             rows = cursor.fetchall()
-            Event.objects.filter(pk__in=[row[0] for row in rows]).update(fanned_out_at=now)
+        Event.objects.filter(pk__in=[row[0] for row in rows]).update(fanned_out_at=now)
     event_id = Event._meta.pk.to_python  # SQLite returns the ids as text
     waiting, stamps = [], {}
     for id_, org_id, dataset_id, kind, mode, start, end, generation, seq, *stamp in rows:

@@ -125,7 +125,7 @@ def _apply(deltas: dict[LaneKey, LaneDelta], then: Statement | None = None) -> l
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
-    statements: list[tuple[str, list[Any]]] = []
+    statements: list[Statement] = []
     for key in sorted(deltas):
         delta, clauses, params = deltas[key], [], []
         if floor := delta.floor_change():
