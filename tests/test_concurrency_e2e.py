@@ -56,47 +56,17 @@ def test_many_processes_share_the_loops(live_server, settings, tmp_path, trigger
         "SLUICE_DISPATCH_TRIGGER": trigger,
     }
     manage = [sys.executable, "manage.py"]
+    celery = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING"]
+    celery += ["--without-mingle", "--without-gossip"]
     commands = [
         [*manage, "dispatch", "--loop", "--idle-sleep", "0.05"],
         [*manage, "dispatch", "--loop", "--idle-sleep", "0.05"],
         [*manage, "reap", "--loop", "--idle-sleep", "0.2"],
         [*manage, "reap", "--loop", "--idle-sleep", "0.2"],
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-c",
-            "3",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            "w1@%h",
-        ],
+        [*celery, "-c", "3", "-n", "w1@%h"],
         # Two single-slot workers too, each running its messages itself (ADR 0022).
-        *(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                f"solo{i}@%h",
-            ]
-            for i in (1, 2)
-        ),
+        [*celery, "--pool", "solo", "-n", "solo1@%h"],
+        [*celery, "--pool", "solo", "-n", "solo2@%h"],
     ]
     logs = [(tmp_path / f"p{i}.log").open("w") for i in range(len(commands))]
     processes = [
