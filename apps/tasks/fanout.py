@@ -241,7 +241,7 @@ def _remember_lanes(key: tuple[int, dt.datetime], lanes: set[tuple[str, str]]) -
     _KNOWN_LANES.setdefault(key, set()).update(lanes)
 
 
-def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]) -> None:
+def ensure_lanes(version: DagVersion, pairs: Iterable[tuple[str, str]]) -> None:
     """Create missing counter rows for (node, lane) pairs, with cap, runtime and pause state.
 
     A plain SELECT first: an `INSERT … ON CONFLICT` on a row that another open transaction
@@ -261,7 +261,7 @@ def ensure_lanes(dag: Dag, version: DagVersion, pairs: Iterable[tuple[str, str]]
     missing = wanted - existing
     if not missing:
         return
-    dag = Dag.objects.get(pk=dag.pk)  # its pauses now, not as a kept version read them
+    dag = Dag.objects.get(pk=version.dag_id)  # its pauses now: a kept version's may be old
     nodes = version.cached_node_map()
     rows = []
     for node_id, lane in sorted(missing):
@@ -376,7 +376,7 @@ def fan_out(events: Sequence[FanOutEvent], stamps: dict[int, str] | None = None)
                 lanes.setdefault(version.pk, set()).add((consumer.node_id, lane))
     by_id = {v.pk: v for v in versions}
     for version_id, pairs in lanes.items():
-        ensure_lanes(by_id[version_id].dag, by_id[version_id], pairs)
+        ensure_lanes(by_id[version_id], pairs)
     # No ignore_conflicts: callers fan out only events not yet fanned out, under a lock, so a
     # duplicate here is a bug, and the unique constraint makes it fail loudly instead.
     done = _insert_finding_memoized(tasks)
