@@ -8,14 +8,21 @@ import uuid
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import ProtectedError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.datasets.models import Commit
 from apps.orgs import services as org_services
-from apps.tasks import dispatch, fanout, reaper
+from apps.tasks import dispatch, fanout, lifecycle, reaper
 from apps.tasks.models import Attempt, Event, NodeLane, Task, TaskInput
 from tests.conftest import RecordingAdapter, World
 from tests.flow import chain_config, complete, deploy, fetch, worker_client, write_output
@@ -758,6 +765,50 @@ def test_a_step_reads_the_lanes_in_the_round_trip_that_counts_its_fan_out(
         assert [q for q in queries if q["sql"].startswith("INSERT INTO tasks")]
         assert not [q for q in queries if q["sql"].startswith("COPY")]
     assert _op1_lane().in_flight == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_commits_in_the_round_trip_of_its_last_counter_update(
+    world, chain, recorder, settings
+):
+    """PostgreSQL: the `COMMIT` goes with the claim's counter update, asynchronously (a lost
+    step is found again); the claim is committed for every other connection all the same."""
+    settings.SLUICE_DISPATCH_TRIGGER = "notify"
+    post_event(world)
+    with CaptureQueriesContext(connection) as queries:
+        fanned, claims = dispatch.fan_out_and_claim()
+    assert fanned == 1 and [c.node_id for c in claims] == ["op1"]
+    if connection.vendor == "postgresql":
+        [last] = [q["sql"] for q in queries if q["sql"].endswith("; COMMIT")]
+        assert last.startswith("UPDATE node_lanes SET pending = pending +  -1")
+        assert last.endswith("; SET LOCAL synchronous_commit = off; COMMIT")
+        other = connections.create_connection(DEFAULT_DB_ALIAS)
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT state FROM tasks")
+                assert cursor.fetchall() == [("queued",)]
+        finally:
+            other.close()
+    assert list(Task.objects.values_list("state", flat=True)) == ["queued"]
+    assert dispatch.send(claims) == 1 and len(recorder.take("op1")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_that_fails_after_the_counter_updates_leaves_nothing(world, chain, settings):
+    """A constraint checked at commit fails the block whose `COMMIT` went with its counter
+    updates (PostgreSQL), as it fails Django's own commit elsewhere: nothing stays."""
+    settings.SLUICE_DISPATCH_TRIGGER = "off"
+    post_event(world)
+    event = Event.objects.get()
+    before = _op1_lane()
+    with pytest.raises(IntegrityError), lifecycle.counted_atomic():
+        Event.objects.filter(pk=event.pk).update(origin_id=uuid.uuid4())  # deferred check
+        lifecycle.bump_lane(
+            before.dag_version_id, "op1", before.lane, lifecycle.LaneDelta(pending=5)
+        )
+    after = _op1_lane()
+    assert (after.pending, after.in_flight) == (before.pending, before.in_flight)
+    assert Event.objects.get().origin_id is None
 
 
 def test_a_step_reads_an_orgs_versions_again_only_when_they_changed(

@@ -73,7 +73,7 @@ def _runnable_lanes(lanes_per_tick: int, batch: int) -> lifecycle.Statement:
 
 def claim(lanes_per_tick: int = DEFAULT_LANES_PER_TICK, batch: int = DEFAULT_BATCH) -> list[Claim]:
     """One claiming transaction. Returns what to send once it has committed."""
-    with counted_atomic():
+    with counted_atomic(asynchronous_commit=True):
         return _claim_lanes(execute_in_order([_runnable_lanes(lanes_per_tick, batch)]), batch)
 
 
@@ -83,7 +83,7 @@ def fan_out_and_claim(
     """A dispatcher loop's transaction: fan out up to `events` waiting events, then claim,
     tasks just fanned out included. One commit where there were two, and no wait between them
     for the loop's next step. Returns the events fanned out and what to send once committed."""
-    with counted_atomic():
+    with counted_atomic(asynchronous_commit=True):
         fanned = fanout.fan_out_waiting(events)
         # The claim reads the lanes' counters. Locking the fan-out's lanes now (sorted, as
         # ever) is safe: the claim locks lanes only with SKIP LOCKED, or those it holds.

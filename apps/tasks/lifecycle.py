@@ -20,7 +20,7 @@ import random
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -118,10 +118,16 @@ _BUMP_LANE = (
 )
 
 
-Statement = tuple[str, list[Any]]
+Statement = tuple[str, Sequence[Any]]
 
 
-def _apply(deltas: dict[LaneKey, LaneDelta], then: Statement | None = None) -> list[tuple]:
+def _apply(
+    deltas: dict[LaneKey, LaneDelta],
+    then: Sequence[Statement] = (),
+    closing: Sequence[Statement] = (),
+) -> list[tuple]:
+    """Send the counter changes, then `then`: its rows. `closing` goes with them only when
+    there are any (it saves their own round trip, not adds one)."""
     # Always in one sorted order, and as the transaction's last statements: two transactions
     # that touch the same lanes queue on them in the same order (no deadlock), and hold them
     # for microseconds, not for the whole transaction.
@@ -142,13 +148,38 @@ def _apply(deltas: dict[LaneKey, LaneDelta], then: Statement | None = None) -> l
                 )
             )
     # Still one statement a lane, in the sorted order; `then` in the same round trip.
-    return execute_in_order([*statements, *([then] if then else [])])
+    return execute_in_order([*statements, *then, *(closing if statements else ())])
+
+
+# Read at commit, so it may come last: the commit returns before its WAL reaches the disk.
+_ASYNCHRONOUS_COMMIT: Statement = ("SET LOCAL synchronous_commit = off", [])
+_COMMIT: Statement = ("COMMIT", [])
+
+
+def _closing_statements(asynchronous_commit: bool) -> list[Statement]:
+    """What follows the last counter updates of an outermost block in their round trip
+    (PostgreSQL): the asynchronous commit's setting, and the `COMMIT` itself when the block
+    is the one that commits. psycopg's `commit()` then finds no transaction open and sends
+    nothing, and Django runs the block's commit hooks as ever; a failed `COMMIT` raises
+    inside the block, which rolls back (nothing left to roll back)."""
+    if connection.vendor != "postgresql":
+        return []
+    closing = [_ASYNCHRONOUS_COMMIT] if asynchronous_commit else []
+    outermost = connection.commit_on_exit and len(connection.atomic_blocks) == 1
+    if outermost and not connection.needs_rollback:
+        closing.append(_COMMIT)
+    return closing
 
 
 @contextmanager
-def counted_atomic() -> Iterator[None]:
+def counted_atomic(*, asynchronous_commit: bool = False) -> Iterator[None]:
     """`transaction.atomic()` whose lane counter changes are collected and applied, sorted,
-    just before it commits. Every block that moves tasks runs in one."""
+    just before it commits. Every block that moves tasks runs in one.
+
+    `asynchronous_commit` (PostgreSQL, outermost block): a crash of the database may lose
+    the transaction whole, never in part, and never once a later durable commit has been
+    made (the WAL is one sequence). Only for work the loops find again if it is lost: a
+    dispatcher's fan-out and claims (ADR 0023)."""
     with transaction.atomic():
         deltas: dict[LaneKey, LaneDelta] = defaultdict(LaneDelta)
         _ledgers.stack.append(deltas)
@@ -160,8 +191,8 @@ def counted_atomic() -> Iterator[None]:
             outer = _ledgers.stack[-1]
             for key, delta in deltas.items():
                 outer[key].add(delta)
-        else:
-            _apply(deltas)
+        elif deltas:  # with the commit where it can go in their round trip
+            _apply(deltas, closing=_closing_statements(asynchronous_commit))
 
 
 def apply_counted(then: Statement | None = None) -> list[tuple]:
@@ -171,7 +202,7 @@ def apply_counted(then: Statement | None = None) -> list[tuple]:
     SKIP LOCKED, or those it holds, may call this, so lanes are still waited for in one
     sorted order."""
     deltas = _ledgers.stack[-1]
-    rows = _apply(deltas, then)
+    rows = _apply(deltas, [then] if then else [])
     deltas.clear()
     return rows
 
@@ -301,11 +332,13 @@ def task_queue_many(tasks: list[Task]) -> list[Task]:
 
 # A CTE, not `id IN (SELECT … LIMIT n)`: PostgreSQL may run such a subquery more than once
 # and move more than n rows.
+# The states are literals: a prepared statement's generic plan can then use the claim index.
 _CLAIM = (
-    "WITH picked AS (SELECT id FROM tasks WHERE dag_version_id = %s AND node_id = %s "
-    "AND lane = %s AND state = %s{floor} ORDER BY created_at LIMIT %s{locked}"
-    ") UPDATE tasks SET state = %s, queued_at = %s, dispatch_count = dispatch_count + 1 "
-    "FROM picked WHERE tasks.id = picked.id AND tasks.state = %s "
+    "WITH picked AS (SELECT id FROM tasks WHERE dag_version_id = %s AND node_id = %s "  # noqa: S608
+    f"AND lane = %s AND state = '{S.PENDING}'{{floor}} ORDER BY created_at LIMIT %s{{locked}}"
+    f") UPDATE tasks SET state = '{S.QUEUED}', queued_at = %s, "
+    "dispatch_count = dispatch_count + 1 "
+    f"FROM picked WHERE tasks.id = picked.id AND tasks.state = '{S.PENDING}' "
     "RETURNING tasks.id, tasks.attempt, tasks.dispatch_count, {created_at}"
 )
 # psycopg's loader of zoned timestamps as Django registers it runs in Python (~2.7 µs a
@@ -371,12 +404,7 @@ def _claim(
     adapt = connection.ops.adapt_datetimefield_value
     bounds = [adapt(floor)] if floor is not None else []
     now = adapt(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            statement,
-            [version_id, node_id, lane, S.PENDING, *bounds, limit, S.QUEUED, now, S.PENDING],
-        )
-        rows = cursor.fetchall()
+    rows = execute_in_order([(statement, [version_id, node_id, lane, *bounds, limit, now])])
     id_field = Task._meta.pk
     assert id_field is not None
     claimed = [ClaimedTask(id_field.to_python(row[0]), int(row[1]), int(row[2])) for row in rows]
