@@ -150,9 +150,10 @@ else:
     # Django's own cursors bind parameters client-side and never prepare (server-side binding
     # for all of them was tried: generic plans of `state = $1` cannot use the partial indexes
     # the claims and the reaper rely on). The lean single-event POST prepares its statement
-    # at once, and psycopg prepares the column-array statements (`apps/orgs/bulk.py`) on a
-    # connection's fifth use of each, which saves planning them on every call; off behind a
-    # pooler that cannot keep prepared statements (PgBouncer before 1.21).
+    # at once, and psycopg prepares the column-array statements and the pipelined ones
+    # (`apps/orgs/bulk.py`: the dispatcher's step) on a connection's fifth use of each, which
+    # saves planning them on every call; off behind a pooler that cannot keep prepared
+    # statements (PgBouncer before 1.21).
     if env.bool("SLUICE_DB_PREPARED_STATEMENTS", default=True):
         _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
     _db.setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default=None)

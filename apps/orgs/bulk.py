@@ -120,12 +120,12 @@ def update_each(
     quote = connection.ops.quote_name
     table = quote(opts.db_table)
     arrays = [_prepared(pk, ids)]
-    casts = [f"%s::{pk.db_type(connection)}[]"]
+    casts = [_array_of(pk)]
     sets, params = [], []
     for index, name in enumerate(names):
         field = _field(opts, name)
         arrays.append(_prepared(field, [values[i].get(name) for i in ids]))
-        casts.append(f"%s::{field.db_type(connection)}[]")
+        casts.append(_array_of(field))
         sets.append(f"{quote(field.column)} = v.c{index}")
     for name, value in shared.items():
         field = _field(opts, name)
@@ -194,7 +194,7 @@ def _insert_arrays(
     assert pk is not None
     quote = connection.ops.quote_name
     arrays = [_column(f, objs) for f in fields]
-    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    casts = ", ".join(_array_of(f) for f in fields)
     sql = (  # identifiers come from the model's metadata; every value is a parameter
         f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
         f"SELECT * FROM unnest({casts}) {conflict} RETURNING {quote(pk.column)}"
@@ -202,6 +202,13 @@ def _insert_arrays(
     with array_cursor() as cursor:
         cursor.execute(sql, arrays)
         return list(cursor.fetchall())
+
+
+def _array_of(field: Any) -> str:
+    """The placeholder of an array of `field`'s values, sent in binary: psycopg quotes and
+    escapes each element of a text-format array in Python, a tenth of the web workers' Python
+    time in a batched run (mostly the ingest's arrays), as the lean paths found before."""
+    return f"%b::{field.db_type(connection)}[]"
 
 
 def _plain_type(field: Any) -> type | None:
