@@ -2,7 +2,8 @@
 0016, 0017): the lean fetch and completion, their reads included, reach their rows through
 their items, whatever plan is kept, and keep one plan for calls of a few items;
 the memo check reads the memo index whatever the number of keys; a claim starts at its
-lane's floor."""
+lane's floor; a dispatcher step's prepared statements keep the indexes they were written for
+(ADR 0023)."""
 
 from __future__ import annotations
 
@@ -278,3 +279,31 @@ def test_a_fan_out_skips_the_events_fanned_out_before_it(settings, world: World)
         kind, pages = _unfanned_scan()
         assert kind == "Index Scan", kind
     assert pages < 10, pages  # past 2,000 dead entries, marked by the scan before
+
+
+def test_a_dispatcher_step_runs_prepared_statements_on_their_indexes(settings, world: World):
+    """A step's statements go in a pipeline, which psycopg prepares once a connection has run
+    them a few times (ADR 0023): the waiting-events statement and the claim are kept prepared,
+    and their generic plans read the unfanned-events index and the claim index."""
+    _lean_chain(settings, world)
+
+    def step(key: str) -> None:
+        events_ingest(world.acme, {"dataset": "chain.src", "idempotency_key": key})
+        fanned, claims = dispatch.fan_out_and_claim()
+        assert fanned == 1 and [c.node_id for c in claims] == ["op1"]
+
+    for n in range(8):
+        step(f"p{n}")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s"
+            " OR statement LIKE %s",
+            ["%FROM events WHERE fanned_out_at IS NULL%", "WITH picked AS (SELECT id FROM tasks%"],
+        )
+        assert len(cursor.fetchall()) == 2
+    with _generic_plans() as plans:
+        step("generic")
+    take = _plan_of(plans, touching="Update on events")
+    assert "Index Scan using event_unfanned_idx" in take, take
+    claim = _plan_of(plans, touching="Update on tasks")
+    assert "Index Scan using task_claimable_idx" in claim, claim

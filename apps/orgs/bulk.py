@@ -49,12 +49,12 @@ def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tu
     step ran a dozen short statements, each a round trip to a backend that, with both cores
     busy, waits to be scheduled.
 
-    On PostgreSQL they go in a pipeline, bound server-side: the transaction's `BEGIN` goes
-    with them, and psycopg prepares each statement once the connection has run it
-    `prepare_threshold` times (planning was two thirds of the waiting-events statement's
-    time). So, as for `array_cursor`, no statement here may have a plan that hinges on a
-    parameter's value: constants that select a partial index are literals in the text.
-    Django's execute wrappers and query log see one query a round trip."""
+    On PostgreSQL they go in a pipeline, bound server-side, and psycopg prepares each
+    statement once the connection has run it `prepare_threshold` times (planning was two
+    thirds of the waiting-events statement's time; the simple query that joined them before
+    could not be prepared). So, as for `array_cursor`, no statement here may have a plan that
+    hinges on a parameter's value: constants that select a partial index are literals in the
+    text. Django's execute wrappers and query log see one query a round trip."""
     if not statements:
         return []
     if not joins_statements():
@@ -67,15 +67,17 @@ def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tu
     raw = connection.connection
 
     def pipelined(sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        cursors = []
-        with connection.wrap_database_errors:
-            with raw.pipeline():
-                for statement, values in statements:
-                    cursor = psycopg.Cursor(raw)
-                    cursor.execute(statement, values)
-                    cursors.append(cursor)
-            last = cursors[-1]
-            return last.fetchall() if last.description is not None else []
+        cursors = [psycopg.Cursor(raw) for _ in statements]
+        try:
+            with connection.wrap_database_errors:
+                with raw.pipeline():
+                    for cursor, (statement, values) in zip(cursors, statements, strict=True):
+                        cursor.execute(statement, values)
+                last = cursors[-1]
+                return last.fetchall() if last.description is not None else []
+        finally:
+            for cursor in cursors:
+                cursor.close()
 
     run = pipelined
     for wrapper in reversed(connection.execute_wrappers):
