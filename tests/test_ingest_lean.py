@@ -1,6 +1,6 @@
 """The lean single-event POST (notify trigger, PostgreSQL): it stores exactly what the full
-path stores, in one statement that also notifies, and hands every other case to the full
-path, whose answers (and errors) stay the API's."""
+path stores, in one statement, then notifies after its commit, and hands every other case to
+the full path, whose answers (and errors) stay the API's."""
 
 from __future__ import annotations
 

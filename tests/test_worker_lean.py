@@ -1,5 +1,5 @@
 """The lean single task-complete (notify trigger, PostgreSQL): it records exactly what the
-full path records, in two statements, the second of which also notifies; it writes nothing
+full path records, in two statements, then notifies after their commit; it writes nothing
 for a lease that is not live, and hands every case it was not written for to the full path,
 whose answers (and errors) stay the API's."""
 
@@ -189,6 +189,27 @@ def _nothing_written(lease: dict, extra: dict[str, Any]) -> None:
     before = state()
     assert lean(lease, **extra) is None
     assert state() == before
+
+
+def test_a_completion_wakes_the_dispatchers_once_it_has_committed(
+    world: World, chain: APIClient, recorder: RecordingAdapter
+):
+    """Its events wait for fan-out: the loops are woken, by a notification of its own after
+    the completion's commit (ADR 0024); a completion that records nothing wakes nobody."""
+    done, gone = leases(world, chain, recorder, 2)
+    Task.objects.filter(pk=gone["task"]["id"]).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    wakeups = Wakeups()
+    try:
+        assert wakeups.wait(0.05) is False
+        assert lean(gone) is None  # not live: the full path answers, nothing was recorded
+        assert wakeups.wait(0.1) is False
+        assert lean(done) is not None
+        assert wakeups.wait(5.0) is True
+        assert Event.objects.filter(producer_task_id=done["task"]["id"]).exists()
+    finally:
+        wakeups.close()
 
 
 def test_a_lease_that_is_not_live_writes_nothing_and_gets_the_full_answer(

@@ -2,7 +2,7 @@
 50 ms on two cores, where DRF and the ORM alone cost more than that).
 
 A plain event (no rows, files or batch) posted with an API token, under the notify trigger,
-is authorized and inserted by one prepared statement that also sends the NOTIFY. Anything
+is authorized and inserted by one prepared statement, then the NOTIFY follows. Anything
 else answers None and takes the full path — a batch, rows or files, a field the full path
 would refuse, a token it would refuse or must touch, a dataset that is not a source, a repeat
 — so every error, and every answer but the plain 202, still comes from one place.
@@ -22,9 +22,8 @@ from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.orgs.errors import ValidationFailed
 from apps.orgs.services import hash_secret
 from apps.tasks.ingest import SOURCE_NODE_EXISTS
-from apps.tasks.lean import LEAN_BODY_BYTES, lean_possible, run_statement
+from apps.tasks.lean import LEAN_BODY_BYTES, lean_possible, notify_dispatchers, run_statement
 from apps.tasks.models import Mode
-from apps.tasks.triggers import CHANNEL
 
 LEAN_FIELDS = frozenset(
     {"dataset", "idempotency_key", "range_start", "range_end", "event_time", "mode", "payload"}
@@ -39,7 +38,7 @@ _MODES = frozenset(Mode.values)
 # the interval) and its user may post events in its org (a superuser, or the org permission
 # `post_events`, as `has_org_perm`); `source` adds the dataset's range type when a source
 # node of an active version produces it (as `source_datasets`). The insert runs only for the
-# range type the caller canonicalized the range for; its NOTIFY goes out with the commit.
+# range type the caller canonicalized the range for.
 # Constants are literals, not parameters: a prepared statement's generic plan can then still
 # use the partial indexes whose predicates name them.
 _INGEST_TEMPLATE = """
@@ -66,7 +65,7 @@ WITH token AS (
     FROM source s WHERE s.range_type = %(range_type)s
     ON CONFLICT DO NOTHING RETURNING id
 )
-SELECT s.range_type, (SELECT pg_notify(%(channel)s, '') IS NOT NULL FROM inserted)
+SELECT s.range_type, EXISTS (SELECT 1 FROM inserted)
 FROM source s
 """
 _INGEST = _INGEST_TEMPLATE.format(source_node_exists=SOURCE_NODE_EXISTS)
@@ -105,7 +104,6 @@ def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.
     dataset_id, key_hash = name.lower(), hash_secret(token)
     params: dict[str, Any] = {
         "id": uuid.uuid4(),
-        "channel": CHANNEL,
         "key_hash": key_hash,
         "now": now,
         "touched_after": now - dt.timedelta(seconds=touch_interval_s),
@@ -132,7 +130,10 @@ def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.
         if range_type == guess:
             # No bounds: a bad range, which the full path names; not inserted: a repeat,
             # whose original the full path finds.
-            return params["id"] if bounds and inserted else None
+            if not (bounds and inserted):
+                return None
+            notify_dispatchers()
+            return params["id"]
         guess = range_type
     return None
 

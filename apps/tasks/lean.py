@@ -16,6 +16,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from apps.orgs.authentication import bearer_value
 from apps.tasks.fanout import deferred
+from apps.tasks.triggers import CHANNEL
 
 LEAN_BODY_BYTES = 64 * 1024
 
@@ -60,6 +61,19 @@ def run_rows(
     except psycopg.OperationalError:
         connection.close()  # the full path reconnects
         return None
+
+
+# Its own transaction, after the one that made the work: a transaction that notifies holds
+# PostgreSQL's one notification lock from its commit's start to its end, so statements that
+# notified in their own commit waited for each other's WAL flush (a quarter of the active
+# backends sampled in `pg_stat_activity` at 100 events/s). Writing nothing, it flushes nothing.
+_NOTIFY = "SELECT pg_notify(%(channel)s, '')"
+
+
+def notify_dispatchers() -> None:
+    """Wake the dispatcher loops after a lean path's commit (a lost wake-up costs only
+    latency: the loops poll, and beat ticks)."""
+    run_rows(_NOTIFY, {"channel": CHANNEL})
 
 
 def run_statement(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:

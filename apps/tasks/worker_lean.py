@@ -12,8 +12,8 @@ lane, no output files (an operator that returned nothing), no range, an output t
 parquet dataset written by appending — is two statements too: one reads which node the
 leases run, the other locks the attempts and their tasks, re-checks each lease, and then
 records the commits with the generation's next seqs, their data events, the lineage rows,
-the tasks' moves to succeeded, the attempts' ends and the lane counter, and sends the
-dispatch NOTIFY. Anything else answers None and takes the full path, so every error, every
+the tasks' moves to succeeded, the attempts' ends and the lane counter; the dispatch NOTIFY
+follows its commit. Anything else answers None and takes the full path, so every error, every
 repeat and every other call is still answered in one place (`worker_api`); in a batch, an
 item the lean statement did not take is answered by the full path on its own.
 """
@@ -33,9 +33,8 @@ from psycopg.types.json import Jsonb
 from apps.dags.models import node_map_of
 from apps.datasets.models import commit_version
 from apps.orgs.authentication import WorkerPrincipal
-from apps.tasks.lean import ItemsStatement, lean_possible
+from apps.tasks.lean import ItemsStatement, lean_possible, notify_dispatchers
 from apps.tasks.runtimes import dispatch_token
-from apps.tasks.triggers import CHANNEL
 from apps.tasks.worker_api import (
     MAX_BATCH,
     LeasedTask,
@@ -231,8 +230,7 @@ WITH item AS (
     WHERE l.dag_version_id = %(version_id)s AND l.node_id = %(node_id)s AND l.lane = %(lane)s
         AND EXISTS (SELECT 1 FROM succeeded)
 )
-SELECT n.token, n.task_id, (SELECT pg_notify(%(channel)s, '') IS NOT NULL)
-FROM numbered n
+SELECT n.token, n.task_id FROM numbered n
 """,
     [
         ("tokens", "text", "token"),
@@ -468,11 +466,11 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
             "org_id": None if caller.org is None else caller.org.pk,
             "output": output["dataset"],
             "dag": dag,
-            "channel": CHANNEL,
         },
     )
     if not completed:  # none was live, or the output is not what the statement writes
         return None  # (a postgres dataset): the full path takes the whole call, in bulk
+    notify_dispatchers()  # their events wait for fan-out, their lanes have room
     index_of = {plain[0]: index for index, plain in enumerate(plains)}
     event_of = dict(zip(tokens, event_ids, strict=True))
     return {
@@ -481,7 +479,7 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
             "state": "succeeded",
             "event": {"id": str(event_of[token])},
         }
-        for token, task_id, _ in completed
+        for token, task_id in completed
     }
 
 
