@@ -69,8 +69,8 @@ def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tu
 
     def send_statements(sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         cursors = [psycopg.Cursor(raw) for _ in statements]
-        # A single statement is one round trip without a pipeline, which costs the client
-        # a third more CPU.
+        # A single statement goes without a pipeline: one round trip either way, and a
+        # pipeline costs the client a third more CPU.
         pipeline = raw.pipeline() if len(statements) > 1 else contextlib.nullcontext()
         try:
             with connection.wrap_database_errors:
