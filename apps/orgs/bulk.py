@@ -38,13 +38,17 @@ def array_cursor() -> Iterator[Any]:
         yield cursor
 
 
+# A statement and its parameters, as `execute_in_order` runs them.
+Statement = tuple[str, Sequence[Any]]
+
+
 def joins_statements() -> bool:
     """Whether several statements go to the database in one round trip here: PostgreSQL,
     whose driver sends them in a pipeline."""
     return connection.vendor == "postgresql" and psycopg.Pipeline.is_supported()
 
 
-def execute_in_order(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+def execute_in_order(statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
     """Run `statements` (SQL, parameters) one after the other in the current transaction, on
     PostgreSQL in one round trip; the last one's rows (none if it returns none). A loop's
     step ran a dozen short statements, each a round trip to a backend that, with both cores

@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.dags.models import DagVersion, node_map_of
-from apps.orgs.bulk import execute_in_order
+from apps.orgs.bulk import Statement, execute_in_order
 from apps.tasks import fanout, lifecycle
 from apps.tasks.lifecycle import LaneDelta, counted_atomic
 from apps.tasks.models import NodeLane, Task, TaskState
@@ -61,7 +61,7 @@ _PACED = (
 )
 
 
-def _runnable_lanes(lanes_per_tick: int, batch: int) -> lifecycle.Statement:
+def _runnable_lanes(lanes_per_tick: int, batch: int) -> Statement:
     """The statement that locks up to `lanes_per_tick` runnable lanes (SKIP LOCKED: other
     dispatchers take others)."""
     paced = settings.SLUICE_DISPATCH_PACING

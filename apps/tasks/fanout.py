@@ -16,13 +16,12 @@ from django.utils import timezone
 
 from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, VersionState
 from apps.datasets.models import Commit, commit_version
-from apps.orgs.bulk import execute_in_order, joins_statements
+from apps.orgs.bulk import Statement, execute_in_order, joins_statements
 from apps.orgs.compiled import load_models
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import (
     LaneDelta,
     LaneKey,
-    Statement,
     bump_lane,
     counted_atomic,
     earliest,

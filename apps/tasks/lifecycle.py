@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from apps.orgs.bulk import execute_in_order, update_each
+from apps.orgs.bulk import Statement, execute_in_order, update_each
 from apps.orgs.errors import Conflict
 from apps.tasks.models import IN_FLIGHT_STATES, NodeLane, Task, TaskState
 
@@ -116,9 +116,6 @@ _BUMP_LANE = (
     f"UPDATE {NodeLane._meta.db_table} SET pending = pending + %s, "  # noqa: S608
     "in_flight = in_flight + %s{more} WHERE dag_version_id = %s AND node_id = %s AND lane = %s"
 )
-
-
-Statement = tuple[str, Sequence[Any]]
 
 
 def _apply(
