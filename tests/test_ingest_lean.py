@@ -67,6 +67,8 @@ def test_a_plain_event_is_stored_as_the_full_path_stores_it(notify: World):
 
     assert stored(lean_id) == stored(full.event_id)
     assert stored(lean_id)["range_start"] == "7" and stored(lean_id)["fanned_out_at"] is None
+    # Both paths make ids that sort by creation time.
+    assert lean_id.version == full.event_id.version == 7 and lean_id < full.event_id
 
 
 def test_the_lean_post_answers_202_without_a_django_query(notify: World, django_assert_num_queries):

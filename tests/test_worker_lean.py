@@ -319,6 +319,24 @@ def test_a_batch_is_recorded_as_the_full_path_records_it(
     assert fan_out_pending_events() == 6
 
 
+def test_events_and_tasks_get_ids_that_sort_by_creation_time(
+    world: World, chain: APIClient, recorder: RecordingAdapter
+):
+    """Ingest, fan-out and the lean completion each make version 7 ids, so a table's new
+    rows (and their primary-key entries) come in order, not at random places."""
+    op1 = leases(world, chain, recorder, 3)
+    assert lean_batch(op1) is not None
+    fan_out_pending_events()
+    sources = list(Event.objects.filter(dataset_id="chain.src").order_by("created_at"))
+    outputs = list(Event.objects.filter(dataset_id="chain.op1").order_by("created_at"))
+    tasks = list(Task.objects.order_by("created_at"))
+    assert [t.node_id for t in tasks] == ["op1"] * 3 + ["op2"] * 3
+    for rows in (sources, outputs, tasks):
+        assert all(row.pk.version == 7 for row in rows)
+    assert max(e.pk for e in sources) < min(e.pk for e in outputs)
+    assert [t.pk for t in tasks] == sorted(t.pk for t in tasks)
+
+
 def test_a_batch_item_the_lean_path_did_not_complete_is_answered_alone(
     world: World, chain: APIClient, recorder: RecordingAdapter
 ):

@@ -18,6 +18,7 @@ from apps.dags.models import LIVE_VERSION_STATES, Dag, DagNode, DagVersion, Vers
 from apps.datasets.models import Commit, commit_version
 from apps.orgs.bulk import Statement, execute_in_order, joins_statements
 from apps.orgs.compiled import load_models
+from apps.orgs.ids import time_ordered_uuid
 from apps.tasks import lifecycle
 from apps.tasks.lifecycle import (
     LaneDelta,
@@ -356,7 +357,7 @@ def fan_out(events: Sequence[FanOutEvent], stamps: dict[int, str] | None = None)
                 retry = consumer.node.get("retry", {})
                 tasks.append(
                     NewTask(
-                        id=uuid.uuid4(),
+                        id=time_ordered_uuid(),
                         org_id=event.org_id,
                         dag_version_id=version.pk,
                         node_id=consumer.node_id,

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from apps.datasets.ranges import canonical_range, parse_timestamp
 from apps.orgs.errors import ValidationFailed
+from apps.orgs.ids import time_ordered_uuid
 from apps.orgs.services import hash_secret
 from apps.tasks.ingest import SOURCE_NODE_EXISTS
 from apps.tasks.lean import LEAN_BODY_BYTES, lean_possible, notify_dispatchers, run_statement
@@ -103,7 +104,7 @@ def single_event_ingest(token: str, body: bytes, touch_interval_s: int) -> uuid.
         return None
     dataset_id, key_hash = name.lower(), hash_secret(token)
     params: dict[str, Any] = {
-        "id": uuid.uuid4(),
+        "id": time_ordered_uuid(),
         "key_hash": key_hash,
         "now": now,
         "touched_after": now - dt.timedelta(seconds=touch_interval_s),

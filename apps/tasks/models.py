@@ -10,7 +10,6 @@ Django's own cascade, which follows the relations all the same.
 
 from __future__ import annotations
 
-import uuid
 from typing import ClassVar
 
 from django.db import models
@@ -19,6 +18,7 @@ from django.utils import timezone
 
 from apps.dags.models import DagVersion
 from apps.datasets.models import Commit
+from apps.orgs.ids import time_ordered_uuid
 from apps.orgs.models import Org, OrgScopedQuerySet
 
 
@@ -64,7 +64,7 @@ class Event(models.Model):
 
     org_path: ClassVar[str] = "org"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
     # Indexed by event_dataset_idx; the other keys below are mostly empty, so their indexes
     # are partial (or the unique constraint's): a source event writes into few indexes.
     org = models.ForeignKey(
@@ -151,7 +151,7 @@ class Task(models.Model):
 
     org_path: ClassVar[str] = "org"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
     # Every index costs each state change a write (a state change is never a HOT update), so
     # none of the keys has an index of its own: task_org_recent_idx starts with the org, the
     # unique constraint with the event, and the claim index with the version. Nothing looks

@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 from apps.dags.models import node_map_of
 from apps.datasets.models import commit_version
 from apps.orgs.authentication import WorkerPrincipal
+from apps.orgs.ids import time_ordered_uuid
 from apps.tasks.lean import ItemsStatement, lean_possible, notify_dispatchers
 from apps.tasks.runtimes import dispatch_token
 from apps.tasks.worker_api import (
@@ -448,7 +449,7 @@ def _complete_plain(principal: Principal, items: list[Any]) -> dict[int, Any] | 
     order = sorted(range(len(plains)), key=lambda index: task_of[plains[index][0]])
     ordered = [plains[index] for index in order]
     tokens = [token for token, _, _, _ in ordered]
-    event_ids = [uuid.uuid4() for _ in tokens]
+    event_ids = [time_ordered_uuid() for _ in tokens]
     completed = _COMPLETE.rows(
         {
             "tokens": tokens,
