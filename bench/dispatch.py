@@ -687,6 +687,31 @@ def bench_latency(
 # --- scale ----------------------------------------------------------------------------------
 
 
+# The product's ids (ADR 0025: UUID version 7) written in SQL, which PostgreSQL 15 lacks: the
+# milliseconds of `at`, the version, then a random UUID's bits (its variant included). Ids
+# of one millisecond sort at random among themselves, as ids of two processes do.
+_TIME_ORDERED_ID = (
+    "(lpad(to_hex((extract(epoch FROM {at}) * 1000)::bigint), 12, '0') || '7' || "
+    "substr(replace(gen_random_uuid()::text, '-', ''), 14, 19))::uuid"
+)
+_TASK_CREATED = "now() + ev.range_start::bigint * interval '1 microsecond'"
+
+
+# Events and one op1 task each, `%(lo)s` to `%(hi)s`, in one statement.
+_BULK_TASKS = (
+    "WITH ev AS (INSERT INTO events (id, org_id, dataset_id, kind, mode, idempotency_key, "
+    "range_start, range_end, event_time, payload, created_at, fanned_out_at, depth) "
+    f"SELECT {_TIME_ORDERED_ID.format(at='now()')}, %(org)s, %(ds)s, 'data', 'live', '', "
+    "g::text, (g + 1)::text, now(), '{}', now(), now(), 0 "
+    "FROM generate_series(%(lo)s, %(hi)s) g RETURNING id, range_start) "
+    "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, lane, mode, "
+    "attempt, attempts_base, max_attempts, dispatch_count, created_at, finished_at, memo_key) "
+    f"SELECT {_TIME_ORDERED_ID.format(at=_TASK_CREATED)}, %(org)s, %(ver)s, 'op1', ev.id, "
+    f"%(state)s, 'live', 'live', 0, 0, 3, 0, {_TASK_CREATED}, "
+    "CASE WHEN %(state)s = 'succeeded' THEN now() END, '' FROM ev"
+)
+
+
 def bulk_tasks(org_id: int, version_id: int, dag: str, count: int, state: str, first: int) -> None:
     """Insert `count` events and one op1 task each, in chunks, straight in SQL."""
     from django.db import connection
@@ -699,17 +724,7 @@ def bulk_tasks(org_id: int, version_id: int, dag: str, count: int, state: str, f
             lo = first + offset
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "WITH ev AS (INSERT INTO events (id, org_id, dataset_id, kind, mode, "
-                    "idempotency_key, range_start, range_end, event_time, payload, created_at, "
-                    "fanned_out_at, depth) SELECT gen_random_uuid(), %(org)s, %(ds)s, 'data', "
-                    "'live', '', g::text, (g + 1)::text, now(), '{}', now(), now(), 0 "
-                    "FROM generate_series(%(lo)s, %(hi)s) g RETURNING id, range_start) "
-                    "INSERT INTO tasks (id, org_id, dag_version_id, node_id, event_id, state, "
-                    "lane, mode, attempt, attempts_base, max_attempts, dispatch_count, "
-                    "created_at, finished_at, memo_key) SELECT gen_random_uuid(), "
-                    "%(org)s, %(ver)s, 'op1', ev.id, %(state)s, 'live', 'live', 0, 0, 3, 0, "
-                    "now() + ev.range_start::bigint * interval '1 microsecond', "
-                    "CASE WHEN %(state)s = 'succeeded' THEN now() END, '' FROM ev",
+                    _BULK_TASKS,
                     {
                         "org": org_id,
                         "ds": f"{dag}.src",
