@@ -38,6 +38,7 @@ from bench._benchutil import (
     ROOT,
     JsonClient,
     Processes,
+    cpu_by_group,
     free_port,
     percentile,
     recreate_database,
@@ -56,7 +57,9 @@ class Results:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def add(self, name: str, value: float, unit: str, target: str = "") -> None:
-        shown = f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+        shown = (
+            f"{value:,.2f}" if value < 10 else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+        )
         self.rows.append((name, shown, unit, target))
         console.print(
             f"[bold]{name}[/]: {shown} {unit}" + (f"  (target {target})" if target else "")
@@ -581,12 +584,33 @@ def warm_up(port: int, token: str, version_id: int, dag: str, procs: Processes) 
         raise RuntimeError("the pipeline did not run the warm-up event; see the logs")
 
 
+PLATFORM_GROUPS = ("web", "celery", "dispatcher", "reaper", "postgres", "redis")
+
+
+def platform_group(cmdline: str) -> str | None:
+    """Which of the platform's processes a command line is (this script's own is none)."""
+    if "gunicorn" in cmdline:
+        return "web"
+    if "celery" in cmdline and "-A config" in cmdline:
+        return "celery"
+    if "manage.py dispatch" in cmdline or "_dispatch_loop.py" in cmdline:
+        return "dispatcher"
+    if "manage.py reap" in cmdline:
+        return "reaper"
+    if cmdline.startswith("postgres"):
+        return "postgres"
+    if cmdline.startswith("redis-server"):
+        return "redis"
+    return None
+
+
 def bench_end_to_end(
     port: int, token: str, version_id: int, dag: str, events: int, procs: Processes, label: str
 ) -> None:
     warm_up(port, token, version_id, dag, procs)
     client = JsonClient(port, token)
     wal_before = wal_position()
+    cpu_before = cpu_by_group(platform_group)
     start = time.time()
     for offset in range(0, events, 1000):
         body = {
@@ -606,12 +630,18 @@ def bench_end_to_end(
             "tasks/s",
         )
         return
+    cpu_after = cpu_by_group(platform_group)
     RESULTS.add(f"end to end, {label}", 3 * events / (end - start), "tasks/s")
     RESULTS.add(
         f"end to end, {label}: WAL written per task",
         (wal_position() - wal_before) / (3 * events),
         "bytes",
     )
+    # From /proc, over the phase (its idle tail of at most a poll included): where the CPU
+    # of a task goes, by process.
+    for group in PLATFORM_GROUPS:
+        used = cpu_after.get(group, 0.0) - cpu_before.get(group, 0.0)
+        RESULTS.add(f"end to end, {label}: CPU per task, {group}", used / (3 * events) * 1000, "ms")
 
 
 def bench_latency(
