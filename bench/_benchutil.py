@@ -27,6 +27,46 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank]
 
 
+def gunicorn_command(app: str, port: int, workers: int, threads: int) -> list[str]:
+    """gunicorn serving `app` on 127.0.0.1:`port` with `workers` processes of `threads`."""
+    return [
+        str(ROOT / ".venv/bin/gunicorn"),
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
+
+
+def celery_worker_command(
+    app: str, name: str, *, pool: str = "solo", slots: int = 1, python: str = PYTHON
+) -> list[str]:
+    """A Celery worker as every benchmark runs one: warnings only, no mingle, gossip or
+    heartbeat; `pool` "solo" with one slot runs each message in the process that took it."""
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-c",
+        str(slots),
+        "--pool",
+        pool,
+        "--loglevel",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+        "-n",
+        f"{name}@%h",
+    ]
+
+
 def cpu_by_group(group_of: Callable[[str], str | None]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the live processes of each group, grouped
     by their command line; processes `group_of` names None are left out."""

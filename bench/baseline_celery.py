@@ -25,6 +25,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._benchutil import celery_worker_command
+
 BROKER = os.environ.get("BASELINE_BROKER", "redis://127.0.0.1:6379/14")
 app = Celery("baseline_celery", broker=BROKER)
 app.conf.update(
@@ -71,26 +75,10 @@ def percentile(values: list[float], pct: float) -> float:
 def start_worker(concurrency: int, log: Path, max_seconds: int) -> object:
     import subprocess
 
-    cmd = [
-        "timeout",
-        "--kill-after=10",
-        str(max_seconds),
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "baseline_celery",
-        "worker",
-        "-c",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-        "--without-mingle",
-        "--without-gossip",
-        "--without-heartbeat",
-        "-n",
-        "baseline@%h",
-    ]
+    worker = celery_worker_command(
+        "baseline_celery", "baseline", pool="prefork", slots=concurrency, python=sys.executable
+    )
+    cmd = ["timeout", "--kill-after=10", str(max_seconds), *worker]
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     return subprocess.Popen(
         cmd,

@@ -38,8 +38,10 @@ from bench._benchutil import (
     ROOT,
     JsonClient,
     Processes,
+    celery_worker_command,
     cpu_by_group,
     free_port,
+    gunicorn_command,
     percentile,
     recreate_database,
     wait_http,
@@ -183,16 +185,9 @@ class Platform:
         try:
             procs.start(
                 "web",
-                [
-                    str(ROOT / ".venv/bin/gunicorn"),
-                    "config.wsgi:application",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(web_workers),
-                    "--threads",
-                    str(self.web_threads),
-                ],
+                gunicorn_command(
+                    "config.wsgi:application", self.port, web_workers, self.web_threads
+                ),
             )
             for i in range(dispatchers):
                 if message_size is None:
@@ -214,25 +209,12 @@ class Platform:
             for i in range(celery_concurrency if solo else min(celery_concurrency, 1)):
                 procs.start(
                     f"celery{i}",
-                    [
-                        PYTHON,
-                        "-m",
-                        "celery",
-                        "-A",
+                    celery_worker_command(
                         "config",
-                        "worker",
-                        "-c",
-                        "1" if solo else str(celery_concurrency),
-                        "--pool",
-                        self.celery_pool,
-                        "--loglevel",
-                        "WARNING",
-                        "--without-mingle",
-                        "--without-gossip",
-                        "--without-heartbeat",
-                        "-n",
-                        f"bench{i}@%h",
-                    ],
+                        f"bench{i}",
+                        pool=self.celery_pool,
+                        slots=1 if solo else celery_concurrency,
+                    ),
                 )
             wait_http(self.port)
             yield procs

@@ -38,11 +38,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._benchutil import (
-    PYTHON,
-    ROOT,
     Processes,
+    celery_worker_command,
     cpu_by_group,
     free_port,
+    gunicorn_command,
     recreate_database,
     wait_http,
 )
@@ -102,41 +102,13 @@ def one_run(args: argparse.Namespace, run: int, log_dir: Path) -> dict[str, floa
     try:
         procs.start(
             "web",
-            [
-                str(ROOT / ".venv/bin/gunicorn"),
-                "bench._floor_web:application",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(args.web_workers),
-                "--threads",
-                str(args.web_threads),
-            ],
+            gunicorn_command(
+                "bench._floor_web:application", port, args.web_workers, args.web_threads
+            ),
         )
         wait_http(port)
         for i in range(args.workers):
-            procs.start(
-                f"celery{i}",
-                [
-                    PYTHON,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "bench._floor_worker",
-                    "worker",
-                    "-c",
-                    "1",
-                    "--pool",
-                    "solo",
-                    "--loglevel",
-                    "WARNING",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--without-heartbeat",
-                    "-n",
-                    f"floor{i}@%h",
-                ],
-            )
+            procs.start(f"celery{i}", celery_worker_command("bench._floor_worker", f"floor{i}"))
         return measure_drain(args, procs)
     finally:
         procs.stop_all()
