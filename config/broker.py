@@ -37,7 +37,9 @@ class Channel(filesystem.Channel):
             partial.write_bytes(dumps([]).encode())
             try:
                 os.link(partial, table)  # creates the table only if no other process has
-            except FileExistsError:
+            except OSError:
+                # Another process created it first, or the file system has no hard links
+                # (then kombu's own creation below, as before).
                 pass
             finally:
                 partial.unlink()

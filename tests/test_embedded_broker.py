@@ -1,7 +1,8 @@
 """The embedded default's broker (a folder, config/broker.py): a reader that takes messages
-while a writer sends them reads every message whole. kombu's own filesystem transport let a
-reader take a message's file before its bytes were written, and the demo's Celery worker
-stopped on the empty message."""
+while a writer sends them reads every message whole, and a process that routes by an
+exchange's table while another creates it never reads the table half-written. kombu's own
+filesystem transport let a reader take a message's file before its bytes were written, and
+the demo's Celery worker stopped on the empty message."""
 
 from __future__ import annotations
 
